@@ -1,0 +1,27 @@
+"""Exceptions the teacher raises; the gRPC edge maps each to one status code."""
+
+from __future__ import annotations
+
+
+class TeacherError(Exception):
+    """Base class of every error the service reports to callers."""
+
+
+class InvalidArgument(TeacherError):
+    """The request is malformed; ``field`` names the offending request field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class ResourceExhausted(TeacherError):
+    """The bounded admission queue is full; the caller should back off and retry."""
+
+
+class EngineUnavailable(TeacherError):
+    """The engine failed or is shutting down; the model is not serving."""
+
+
+class Cancelled(TeacherError):
+    """The caller went away (cancel or deadline) before the work finished."""
