@@ -1,0 +1,280 @@
+"""``distill-teacher``: serve models, call a server, prepare models.
+
+Subcommands import their dependencies lazily so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+DEFAULT_PORT = 50051
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=["vllm", "hf"],
+        default=None,
+        help="inference engine (default: vllm where installed, else hf)",
+    )
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, ...")
+    p.add_argument("--max-model-len", type=int, default=2048, help="context length to serve")
+    p.add_argument(
+        "--engine-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="engine-specific option, e.g. max_batch_size=16 (hf), "
+        "gpu_memory_utilization=0.9 (vllm); repeatable",
+    )
+
+
+def _engine_options(pairs: list[str]) -> dict:
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--engine-option {pair!r}: use KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill-teacher", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve models over gRPC until SIGTERM")
+    serve.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="[NAME=]NAME_OR_PATH",
+        help="a catalogue name, local path or hub id; repeat to host several "
+        "(the first is the default)",
+    )
+    _add_engine_args(serve)
+    serve.add_argument("--host", default="[::]")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        help="requests in flight per model before RESOURCE_EXHAUSTED",
+    )
+    serve.add_argument("--tls-cert", help="PEM certificate chain (enables TLS with --tls-key)")
+    serve.add_argument("--tls-key", help="PEM private key")
+    serve.add_argument(
+        "--token-file", help="require 'authorization: Bearer <token>' from this file"
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds SIGTERM waits for in-flight requests",
+    )
+
+    ask = sub.add_parser("ask", help="stream one generation from a running server")
+    ask.add_argument("prompt", help="the user message (sent as a chat)")
+    ask.add_argument(
+        "--address", default=f"localhost:{DEFAULT_PORT}", help="HOST:PORT[,HOST:PORT...]"
+    )
+    ask.add_argument("--model", default="", help="model name on the server (default: its first)")
+    ask.add_argument("--max-new-tokens", type=int, default=256)
+    ask.add_argument("--temperature", type=float, default=0.0)
+    ask.add_argument("--token-file")
+
+    demo = sub.add_parser(
+        "demo", help="start a teacher on a free port, call it over gRPC, and shut it down"
+    )
+    demo.add_argument(
+        "--model",
+        default=None,
+        help="default: the embedded default teacher (qwen2.5-coder-1.5b-instruct)",
+    )
+    _add_engine_args(demo)
+    demo.add_argument(
+        "--question",
+        default=(
+            "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+            "clips in May. How many clips did Natalia sell altogether in April and May?"
+        ),
+    )
+
+    models = sub.add_parser("models", help="the model catalogue")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    pull = models_sub.add_parser("pull", help="prepare a catalogue model in the cache")
+    pull.add_argument("names", nargs="+")
+    pull.add_argument("--force", action="store_true", help="prepare again even if present")
+    models_sub.add_parser("list", help="list catalogue models and whether they are prepared")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "ask":
+            return asyncio.run(_ask(args))
+        if args.command == "demo":
+            return asyncio.run(_demo(args))
+        if args.command == "models":
+            return _models(args)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"distill-teacher: error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _server_config(args, models: list[str], port: int):
+    from teacher.engine import default_engine
+    from teacher.server import ServerConfig, parse_model_spec
+    from teacher.service import Limits
+
+    return ServerConfig(
+        models=[parse_model_spec(m) for m in models],
+        engine=args.engine or default_engine(),
+        host=getattr(args, "host", "127.0.0.1"),
+        port=port,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        engine_options=_engine_options(args.engine_option),
+        limits=Limits(max_queue=getattr(args, "max_queue", 256)),
+        tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
+        token_file=getattr(args, "token_file", None),
+        drain_timeout_s=getattr(args, "drain_timeout", 30.0),
+    )
+
+
+def _serve(args) -> int:
+    from teacher.server import serve
+
+    asyncio.run(serve(_server_config(args, args.model, args.port)))
+    return 0
+
+
+async def _ask(args) -> int:
+    from pathlib import Path
+
+    from teacher.client import TeacherClient
+    from teacher.service import GenerationParams
+
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    async with TeacherClient(args.address, token=token) as client:
+        async for message in client.generate_stream(
+            [{"role": "user", "content": args.prompt}], params, model=args.model
+        ):
+            if message.WhichOneof("event") == "chunk":
+                print(message.chunk.text, end="", flush=True)
+            else:
+                final = message.final
+                print(
+                    f"\n[{final.usage.completion_tokens} tokens, "
+                    f"{final.timing.tokens_per_s:.1f} tok/s, "
+                    f"stop: {final.stop_reason and _stop_name(final.stop_reason)}]"
+                )
+    return 0
+
+
+def _stop_name(value: int) -> str:
+    from teacher.api import teacher_pb2 as pb
+
+    return pb.StopReason.Name(value).removeprefix("STOP_REASON_").lower()
+
+
+async def _demo(args) -> int:
+    """Start a real server on a free localhost port, then use it as a client would."""
+    import time
+
+    from teacher import models
+    from teacher.client import TeacherClient
+    from teacher.server import TeacherServer, build_service
+    from teacher.service import GenerationParams
+
+    name = args.model or models.DEFAULT_TEACHER
+    config = _server_config(args, [f"teacher={name}"], 0)
+    config.host = "127.0.0.1"
+    started = time.perf_counter()
+    server = TeacherServer(build_service(config), config)
+    await server.start()
+    address = f"127.0.0.1:{server.port}"
+    print(
+        f"teacher {name!r} on {address} (engine {config.engine}), "
+        f"ready in {time.perf_counter() - started:.0f} s"
+    )
+    try:
+        async with TeacherClient(address) as client:
+            await client.wait_ready()
+            info = (await client.list_models())[0]
+            print(
+                f"model: {info.name} rev {info.revision} ctx {info.context_length} "
+                f"{info.dtype} on {info.device}"
+            )
+            prompt = [
+                {
+                    "role": "user",
+                    "content": args.question
+                    + " Reason step by step, then give the final answer after '####'.",
+                }
+            ]
+            print(f"\nQ: {args.question}\nA: ", end="", flush=True)
+            final = None
+            async for message in client.generate_stream(
+                prompt, GenerationParams(max_new_tokens=256, seed=0)
+            ):
+                if message.WhichOneof("event") == "chunk":
+                    print(message.chunk.text, end="", flush=True)
+                else:
+                    final = message.final
+            print(
+                f"\n\n[{final.usage.completion_tokens} tokens at "
+                f"{final.timing.tokens_per_s:.1f} tok/s, "
+                f"first token after {final.timing.time_to_first_token_s:.2f} s]"
+            )
+            score = (await client.score([(prompt, final.text)], ppl_threshold=2.5))[0]
+            print(
+                json.dumps(
+                    {
+                        "score_of_own_answer": {
+                            "tokens": score.num_tokens,
+                            "mean_nll": round(score.mean_nll, 4),
+                            "perplexity": round(score.perplexity, 4),
+                            "share_above_ppl_2.5": round(score.frac_above_threshold, 4),
+                        }
+                    },
+                    indent=2,
+                )
+            )
+    finally:
+        await server.drain_and_stop()
+    return 0
+
+
+def _models(args) -> int:
+    from teacher import models
+
+    if args.models_command == "pull":
+        for name in args.names:
+            path = models.pull(name, force=args.force)
+            print(f"{name}: {path}")
+        return 0
+    for row in models.list_models():
+        print("  ".join(f"{k}={v}" for k, v in row.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

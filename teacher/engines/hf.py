@@ -1,0 +1,408 @@
+"""The transformers engine: the fallback where vLLM is not installed, and a cross-check.
+
+Concurrent requests are gathered by a micro-batcher into left-padded batches
+under a size and token budget, then decoded step by step with the KV cache on
+one worker thread, so the event loop never blocks on model work. Each sequence
+samples with its own seeded generator: a seed gives the same tokens whatever
+else shares the batch. Scoring is batched the same way.
+
+Options (``EngineConfig.options``): ``max_batch_size`` (16), ``max_batch_tokens``
+(8192: prompt + new tokens over the batch), ``batch_wait_ms`` (5),
+``max_score_tokens`` (2048 completion tokens per scoring batch, bounding the
+logits held in memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from teacher.engine import (
+    EngineConfig,
+    EngineLoad,
+    EngineOutput,
+    EngineRequest,
+    ModelInfo,
+    SamplingOptions,
+    ScoreInput,
+    TokenStep,
+)
+from teacher.errors import EngineUnavailable
+from teacher.tokenization import PromptTokenizer
+
+log = logging.getLogger(__name__)
+
+_DONE = object()  # sentinel closing a sequence's output queue
+
+
+@dataclass(eq=False)
+class _Sequence:
+    request: EngineRequest
+    outputs: asyncio.Queue
+    loop: asyncio.AbstractEventLoop
+    aborted: bool = False
+    started: bool = False
+
+    def emit(self, item: object) -> None:
+        self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
+
+
+@dataclass(eq=False)
+class _ScoreJob:
+    items: Sequence[ScoreInput]
+    future: asyncio.Future
+    results: list[list[float]] = field(default_factory=list)
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":  # bf16 is emulated (slow) on most CPUs
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }[dtype]
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class HFEngine:
+    """transformers + PyTorch behind the engine protocol."""
+
+    name = "hf"
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        opts = config.options
+        self.max_batch_size = int(opts.get("max_batch_size", 16))
+        self.max_batch_tokens = int(opts.get("max_batch_tokens", 8192))
+        self.batch_wait_s = float(opts.get("batch_wait_ms", 5)) / 1000
+        self.max_score_tokens = int(opts.get("max_score_tokens", 2048))
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        # One worker thread: the model is used by one batch at a time.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
+        self._pending: deque[_Sequence | _ScoreJob] = deque()
+        self._wakeup = asyncio.Event()
+        self._running: dict[str, _Sequence] = {}
+        self._scheduler: asyncio.Task | None = None
+        self._failed: BaseException | None = None
+        self.model = None
+        self.tokenizer: PromptTokenizer
+        self._info: ModelInfo | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._load)
+        self._wakeup = asyncio.Event()
+        self._scheduler = asyncio.create_task(self._schedule(), name="hf-engine-scheduler")
+
+    def _load(self) -> None:
+        import transformers
+        from transformers import AutoModelForCausalLM, GenerationConfig
+
+        torch.manual_seed(self.config.seed)
+        path = self.config.model
+        self.tokenizer = PromptTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
+        self.model = model.to(self.device).eval()
+        hf_tok = self.tokenizer.hf
+        self.pad_id = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else 0
+        eos = set()
+        if hf_tok.eos_token_id is not None:
+            eos.add(hf_tok.eos_token_id)
+        try:
+            gen_eos = GenerationConfig.from_pretrained(path).eos_token_id
+        except OSError:
+            gen_eos = None
+        if gen_eos is not None:
+            eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.eos_ids = frozenset(eos)
+        cfg = model.config
+        context = getattr(cfg, "max_position_embeddings", None) or self.config.max_model_len
+        self._info = ModelInfo(
+            name=self.config.name or Path(path).name,
+            source=str(path),
+            revision=self.config.revision,
+            engine="hf",
+            engine_version=f"transformers {transformers.__version__}",
+            context_length=min(int(context), self.config.max_model_len),
+            vocab_size=int(cfg.vocab_size),
+            eos_token_ids=tuple(sorted(self.eos_ids)),
+            dtype=str(self.dtype).removeprefix("torch."),
+            device=self.device,
+        )
+
+    def info(self) -> ModelInfo:
+        assert self._info is not None, "engine not started"
+        return self._info
+
+    def load(self) -> EngineLoad:
+        waiting = sum(isinstance(p, _Sequence) for p in self._pending)
+        return EngineLoad(running=len(self._running), waiting=waiting)
+
+    async def shutdown(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            await asyncio.gather(self._scheduler, return_exceptions=True)
+        for seq in self._running.values():
+            seq.aborted = True
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------ requests
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        self._check_alive()
+        seq = _Sequence(request, asyncio.Queue(), asyncio.get_running_loop())
+        self._running[request.request_id] = seq
+        self._pending.append(seq)
+        self._wakeup.set()
+        try:
+            while True:
+                item = await seq.outputs.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise EngineUnavailable(f"transformers engine failed: {item}") from item
+                yield item
+                if item.finish is not None:
+                    return
+        finally:
+            # Reached on normal end, on error, and when the consumer stops early.
+            seq.aborted = True
+            self._running.pop(request.request_id, None)
+            if seq in self._pending:
+                self._pending.remove(seq)
+
+    async def score(self, items: Sequence[ScoreInput]) -> list[list[float]]:
+        self._check_alive()
+        job = _ScoreJob(items, asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self._wakeup.set()
+        return await job.future
+
+    async def abort(self, request_id: str) -> None:
+        seq = self._running.get(request_id)
+        if seq is not None:
+            seq.aborted = True
+            if not seq.started:
+                seq.outputs.put_nowait(EngineOutput((), "abort"))
+
+    def _check_alive(self) -> None:
+        if self._failed is not None:
+            raise EngineUnavailable(f"transformers engine failed: {self._failed}")
+        if self._scheduler is None or self._scheduler.done():
+            raise EngineUnavailable("transformers engine is not running")
+
+    # ------------------------------------------------------------ scheduling
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                # Give requests arriving together a moment to join the batch.
+                await asyncio.sleep(self.batch_wait_s)
+            head = self._pending[0]
+            try:
+                if isinstance(head, _ScoreJob):
+                    job = self._pending.popleft()
+                    job.results = await loop.run_in_executor(
+                        self._executor, self._score_items, job.items
+                    )
+                    if not job.future.done():
+                        job.future.set_result(job.results)
+                else:
+                    batch = self._take_generation_batch()
+                    if batch:
+                        await loop.run_in_executor(self._executor, self._decode_batch, batch)
+            except Exception as exc:  # an engine failure: fail everything, stop serving
+                log.exception("transformers engine failed")
+                self._failed = exc
+                self._fail_all(exc)
+                return
+
+    def _take_generation_batch(self) -> list[_Sequence]:
+        batch: list[_Sequence] = []
+        tokens = 0
+        for item in list(self._pending):
+            if not isinstance(item, _Sequence):
+                break  # keep arrival order between generation and scoring
+            cost = len(item.request.prompt_ids) + item.request.sampling.max_new_tokens
+            if batch and (
+                len(batch) >= self.max_batch_size or tokens + cost > self.max_batch_tokens
+            ):
+                break
+            self._pending.popleft()
+            if item.aborted:
+                continue
+            batch.append(item)
+            tokens += cost
+        return batch
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for item in list(self._pending) + list(self._running.values()):
+            if isinstance(item, _ScoreJob):
+                if not item.future.done():
+                    item.future.set_exception(EngineUnavailable(f"engine failed: {exc}"))
+            else:
+                item.outputs.put_nowait(exc)
+        self._pending.clear()
+
+    # ------------------------------------------------------------ model work (worker thread)
+
+    @torch.inference_mode()
+    def _decode_batch(self, batch: list[_Sequence]) -> None:
+        for seq in batch:
+            seq.started = True
+        prompts = [list(s.request.prompt_ids) for s in batch]
+        input_ids, attention = self._left_pad(prompts)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        generators = []
+        for s in batch:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(s.request.sampling.seed)
+            generators.append(g)
+        counts = [0] * len(batch)
+        active = list(range(len(batch)))  # rows of the batch still decoding
+        cache = None
+        step_ids, step_mask, step_pos = input_ids, attention, positions
+        while active:
+            out = self.model(
+                input_ids=step_ids,
+                attention_mask=step_mask,
+                position_ids=step_pos,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache = out.past_key_values
+            logits = out.logits[:, -1, :].float()
+            next_ids: list[int] = []
+            keep: list[int] = []  # positions in `active` that continue
+            for row, i in enumerate(active):
+                seq = batch[i]
+                opts = seq.request.sampling
+                if seq.aborted:
+                    seq.emit(EngineOutput((), "abort"))
+                    continue
+                token, step = self._sample(logits[row], opts, counts[i], generators[i])
+                counts[i] += 1
+                finish = None
+                if token in self.eos_ids:
+                    finish = "eos"
+                elif counts[i] >= opts.max_new_tokens:
+                    finish = "length"
+                seq.emit(EngineOutput((step,), finish))
+                if finish is None:
+                    keep.append(row)
+                    next_ids.append(token)
+            if not keep:
+                break
+            if len(keep) < len(active):  # drop finished rows from the batch and cache
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                step_mask = step_mask[index]
+                step_pos = step_pos[index]
+                active = [active[r] for r in keep]
+            step_ids = torch.tensor(next_ids, device=self.device).unsqueeze(1)
+            step_mask = torch.cat([step_mask, step_mask.new_ones((len(active), 1))], dim=1)
+            step_pos = step_pos[:, -1:] + 1
+
+    def _sample(
+        self, logits: torch.Tensor, opts: SamplingOptions, produced: int, generator: torch.Generator
+    ) -> tuple[int, TokenStep]:
+        logprobs = torch.log_softmax(logits, dim=-1)  # raw model distribution, as reported
+        scores = logits.clone()
+        if produced < opts.min_new_tokens and self.eos_ids:
+            scores[list(self.eos_ids)] = float("-inf")
+        if opts.greedy:
+            token = int(torch.argmax(scores))
+        else:
+            scores = scores / opts.temperature
+            if opts.top_k > 0:
+                kth = torch.topk(scores, min(opts.top_k, scores.numel())).values[-1]
+                scores[scores < kth] = float("-inf")
+            if 0.0 < opts.top_p < 1.0:
+                sorted_scores, order = torch.sort(scores, descending=True)
+                cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(-1)
+                # Drop tokens once the mass before them already reaches top_p.
+                drop = cumulative - torch.softmax(sorted_scores, dim=-1) >= opts.top_p
+                scores[order[drop]] = float("-inf")
+            probs = torch.softmax(scores, dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=generator))
+        top: tuple[tuple[int, float], ...] = ()
+        if opts.top_logprobs > 0:
+            values, ids = torch.topk(logprobs, opts.top_logprobs)
+            top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+        lp = float(logprobs[token]) if (opts.logprobs or opts.top_logprobs) else None
+        return token, TokenStep(token, lp, top)
+
+    @torch.inference_mode()
+    def _score_items(self, items: Sequence[ScoreInput]) -> list[list[float]]:
+        results: list[list[float]] = []
+        # Chunks bounded by completion tokens: logits are kept for those positions only.
+        for chunk in _chunks_by_budget(items, self.max_score_tokens):
+            seqs = [list(it.prompt_ids) + list(it.completion_ids) for it in chunk]
+            input_ids, attention = self._left_pad(seqs)
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            longest = max(len(it.completion_ids) for it in chunk)
+            # Left padding puts every completion at the end: keep the last
+            # `longest` predicting positions (each predicts the next token).
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                logits_to_keep=longest + 1,
+            )
+            logits = out.logits[:, :-1, :].float()
+            for row, it in enumerate(chunk):
+                n = len(it.completion_ids)
+                if n == 0:
+                    results.append([])
+                    continue
+                row_logits = logits[row, longest - n :]
+                targets = torch.tensor(list(it.completion_ids), device=row_logits.device)
+                lp = torch.log_softmax(row_logits, dim=-1).gather(1, targets[:, None])[:, 0]
+                results.append(lp.tolist())
+        return results
+
+    def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[row, width - len(s) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+
+def _chunks_by_budget(items: Sequence[ScoreInput], budget: int):
+    chunk: list[ScoreInput] = []
+    longest = 0
+    for it in items:
+        n = max(1, len(it.completion_ids))
+        if chunk and max(longest, n) * (len(chunk) + 1) > budget:
+            yield chunk
+            chunk, longest = [], 0
+        chunk.append(it)
+        longest = max(longest, n)
+    if chunk:
+        yield chunk
