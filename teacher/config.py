@@ -65,7 +65,13 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown config key {where!r}{hint}")
-        kwargs[key] = _coerce(hints[key], value, where)
+        value = _coerce(hints[key], value, where)
+        default = fields[key].default_factory
+        if isinstance(value, Mapping) and default is not dataclasses.MISSING:
+            base = default()
+            if isinstance(base, Mapping):  # pass-through mappings: override key by key
+                value = deep_merge(base, value)
+        kwargs[key] = value
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field missing
@@ -89,7 +95,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return Path(value)
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    if origin is tuple and isinstance(value, list):
+    if (hint is tuple or origin is tuple) and isinstance(value, list):
         return tuple(value)
     return value
 
