@@ -35,11 +35,30 @@ async def start_server(model_dir, engine: str, *, name: str = "smol", **config) 
     return server
 
 
-@pytest.fixture(scope="session", params=ENGINES)
-async def server(request, test_model_dir):
-    srv = await start_server(test_model_dir, request.param)
-    yield srv
-    await srv.drain_and_stop()
+class ServerPool:
+    """One real server per engine for the whole session, started on first use."""
+
+    def __init__(self, model_dir):
+        self.model_dir = model_dir
+        self.servers: dict[str, TeacherServer] = {}
+
+    async def get(self, engine: str) -> TeacherServer:
+        if engine not in self.servers:
+            self.servers[engine] = await start_server(self.model_dir, engine)
+        return self.servers[engine]
+
+
+@pytest.fixture(scope="session")
+async def server_pool(test_model_dir):
+    pool = ServerPool(test_model_dir)
+    yield pool
+    for srv in pool.servers.values():
+        await srv.drain_and_stop()
+
+
+@pytest.fixture(params=ENGINES)
+async def server(request, server_pool):
+    return await server_pool.get(request.param)
 
 
 @pytest.fixture
@@ -264,6 +283,25 @@ async def test_time_limit_stops_with_reason(client):
         max_new_tokens=500, min_new_tokens=500, time_limit_s=1.0))
     assert r.stop_reason == "time_limit" and 0 < r.completion_tokens < 500
     await wait_idle(client)
+
+
+# ---------------------------------------------------------------- engines agree
+
+
+@pytest.mark.skipif(len(ENGINES) < 2, reason="needs vLLM beside transformers")
+async def test_engines_agree_on_greedy_outputs_and_scores(server_pool):
+    prompts = [CHAT, "def fibonacci(n):", "The three primary colours are"]
+    items = [("The capital of France is", " Paris."), (CHAT, "Paris is the capital of France.")]
+    outputs, scores = {}, {}
+    for engine in ENGINES:
+        srv = await server_pool.get(engine)
+        async with TeacherClient(f"127.0.0.1:{srv.port}") as c:
+            batch = await c.generate_batch(prompts, GenerationParams(max_new_tokens=16))
+            outputs[engine] = [samples[0].token_ids for samples in batch]
+            scores[engine] = [r.mean_nll for r in await c.score(items)]
+    assert outputs["hf"] == outputs["vllm"]
+    for a, b in zip(scores["hf"], scores["vllm"], strict=True):
+        assert abs(a - b) < 1e-3
 
 
 # ---------------------------------------------------------------- load
