@@ -396,7 +396,7 @@ class TeacherService:
                 try:
                     async for event in self._sample(host, ids, params, index, request_id, received):
                         await queue.put(event)
-                except BaseException as exc:  # surfaced to the consumer below
+                except Exception as exc:  # surfaced to the consumer below
                     await queue.put(exc)
 
             tasks = [asyncio.create_task(pump(i)) for i in range(params.n)]
