@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
 
+    _add_generate_parser(sub)
+
     models = sub.add_parser("models", help="the model catalogue")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     pull = models_sub.add_parser("pull", help="prepare a catalogue model in the cache")
@@ -114,6 +116,84 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--force", action="store_true", help="prepare again even if present")
     models_sub.add_parser("list", help="list catalogue models and whether they are prepared")
     return parser
+
+
+def _add_generate_parser(sub) -> None:
+    gen = sub.add_parser(
+        "generate",
+        help="distillation data: a resumable job over the teacher API",
+        description="Turn a task split into distillation records (JSONL shards in --out) "
+        "with the teacher's Distill RPC: reasoning traces, self-rewrites of the reference "
+        "(SDFT) or best-of-N self-outputs scored under --scorer-model. Killed and "
+        "restarted with the same command, it skips what is done and finishes the rest.",
+    )
+    gen.add_argument("--task", required=True, help="gsm8k or bbh/<subtask>")
+    gen.add_argument("--split", default="train")
+    gen.add_argument(
+        "--mode", required=True, choices=["trace", "rewrite", "best-of-n", "best_of_n"]
+    )
+    where = gen.add_mutually_exclusive_group(required=True)
+    where.add_argument("--address", help="teacher server(s): HOST:PORT[,HOST:PORT...]")
+    where.add_argument(
+        "--in-process",
+        action="store_true",
+        help="start a teacher server on a free localhost port inside this job",
+    )
+    gen.add_argument(
+        "--model",
+        default="",
+        metavar="[NAME=]MODEL",
+        help="generator: with --address, a model name on the server (default: its "
+        "default); with --in-process, a catalogue name or path to load "
+        "(default: the student base, qwen2.5-coder-0.5b-instruct, for self-distillation)",
+    )
+    gen.add_argument(
+        "--scorer-model",
+        default="",
+        metavar="[NAME=]MODEL",
+        help="model scoring candidates (the student's base); like --model "
+        "(default: the generator)",
+    )
+    gen.add_argument("--out", required=True, help="output directory (JSONL shards)")
+    gen.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    gen.add_argument("--data-dir", default=None, help="benchmark data (default: ../shared/data)")
+    gen.add_argument(
+        "-n",
+        "--num-candidates",
+        type=int,
+        default=0,
+        help="k traces / N best-of-N samples / rewrites (default: 4 / 4 / 1)",
+    )
+    gen.add_argument("--template", default="", help="generation template id or key")
+    gen.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="default: 0.7 for trace and best-of-n, 0 (greedy) for rewrite",
+    )
+    gen.add_argument("--top-p", type=float, default=0.95)
+    gen.add_argument(
+        "--max-new-tokens", type=int, default=0, help="default: the template's (384/512)"
+    )
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--ppl-threshold", type=float, default=2.5)
+    gen.add_argument(
+        "--keep-incorrect",
+        action="store_true",
+        help="trace: incorrect rationales may be chosen when none is correct",
+    )
+    gen.add_argument(
+        "--reject-on-failure",
+        action="store_true",
+        help="no candidate passes: reject the example instead of falling back to the reference",
+    )
+    gen.add_argument("--concurrency", type=int, default=8, help="examples in flight")
+    gen.add_argument("--no-dedup", action="store_true", help="skip duplicate marking")
+    gen.add_argument("--near-dup-threshold", type=float, default=0.85)
+    gen.add_argument("--timeout", type=float, default=3600.0, help="seconds per example")
+    gen.add_argument("--no-progress", action="store_true")
+    gen.add_argument("--token-file")
+    _add_engine_args(gen)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_demo(args))
         if args.command == "models":
             return _models(args)
-    except (ValueError, FileNotFoundError, OSError) as exc:
+        if args.command == "generate":
+            return asyncio.run(_generate(args))
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
         print(f"distill-teacher: error: {exc}", file=sys.stderr)
         return 2
     return 1
@@ -260,6 +342,73 @@ async def _demo(args) -> int:
             )
     finally:
         await server.drain_and_stop()
+    return 0
+
+
+async def _generate(args) -> int:
+    """The data job; in-process, a real local server is started and called like a remote."""
+    from pathlib import Path
+
+    import grpc
+
+    from teacher import models
+    from teacher.client import TeacherClient
+    from teacher.generate_job import GenerateConfig, run_job
+    from teacher.server import TeacherServer, build_service, parse_model_spec
+
+    config = GenerateConfig(
+        task=args.task,
+        split=args.split,
+        mode=args.mode,
+        out=Path(args.out),
+        limit=args.limit,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        num_candidates=args.num_candidates,
+        template=args.template,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        ppl_threshold=args.ppl_threshold,
+        require_correct=not args.keep_incorrect,
+        fallback="reject" if args.reject_on_failure else "reference",
+        concurrency=args.concurrency,
+        dedup=not args.no_dedup,
+        near_dup_threshold=args.near_dup_threshold,
+        timeout_s=args.timeout,
+        progress=not args.no_progress,
+    )
+    from teacher.generate_job import load_examples
+
+    load_examples(config)  # bad task/split/data dir fail before any model loads
+    server = None
+    address = args.address
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    if args.in_process:
+        generator = parse_model_spec(args.model or models.DEFAULT_STUDENT)
+        specs = [f"{generator.name}={generator.source}"]
+        config.model = generator.name
+        if args.scorer_model:
+            scorer = parse_model_spec(args.scorer_model)
+            config.scorer_model = scorer.name
+            if scorer.name != generator.name:
+                specs.append(f"{scorer.name}={scorer.source}")
+        server_config = _server_config(args, specs, 0)
+        server_config.host = "127.0.0.1"
+        server = TeacherServer(build_service(server_config), server_config)
+        await server.start()
+        address = f"127.0.0.1:{server.port}"
+        token = None
+    else:
+        config.model, config.scorer_model = args.model, args.scorer_model
+    try:
+        async with TeacherClient(address, token=token, timeout_s=args.timeout) as client:
+            await run_job(client, config)
+    except grpc.aio.AioRpcError as err:
+        raise RuntimeError(f"teacher at {address}: {err.code().name}: {err.details()}") from err
+    finally:
+        if server is not None:
+            await server.drain_and_stop()
     return 0
 
 

@@ -22,7 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from teacher import convert
 from teacher.api import teacher_pb2 as pb
 from teacher.api import teacher_pb2_grpc as pb_grpc
+from teacher.distill import DistillOptions
+from teacher.records import Record
 from teacher.service import GenerationParams, SampleResult, ScoreItem
+from teacher.tasks import Example
 from teacher.tokenization import PromptInput
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -227,6 +230,19 @@ class TeacherClient:
         )
         response = await self._unary("Score", request, request_id, timeout_s)
         return list(response.results)
+
+    async def distill(
+        self,
+        example: Example,
+        options: DistillOptions,
+        *,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Record:
+        """One distillation record for ``example`` (see ``teacher.distill``)."""
+        request = convert.distill_request_to_pb(example, options)
+        response = await self._unary("Distill", request, request_id, timeout_s)
+        return convert.record_from_pb(response.record)
 
     async def tokenize(
         self, prompt: PromptInput, *, model: str = "", return_tokens: bool = False

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from teacher.api import teacher_pb2 as pb
+from teacher.distill import DEFAULT_PPL_THRESHOLD, DistillOptions
 from teacher.engine import ModelInfo
 from teacher.errors import InvalidArgument
+from teacher.records import Candidate, Record
 from teacher.service import (
     GenerationParams,
     LogprobEntry,
@@ -14,6 +16,7 @@ from teacher.service import (
     ScoreItem,
     ScoreResult,
 )
+from teacher.tasks import Example
 from teacher.tokenization import PromptInput
 
 STOP_REASON_TO_PB = {
@@ -210,3 +213,196 @@ def params_to_pb(p: GenerationParams) -> pb.SamplingParams:
     if p.seed is not None:
         msg.seed = p.seed
     return msg
+
+
+# ---------------------------------------------------------------- Distill
+
+DISTILL_MODE_TO_PB = {
+    "trace": pb.DISTILL_MODE_TRACE,
+    "rewrite": pb.DISTILL_MODE_REWRITE,
+    "best_of_n": pb.DISTILL_MODE_BEST_OF_N,
+}
+DISTILL_MODE_FROM_PB = {v: k for k, v in DISTILL_MODE_TO_PB.items()}
+
+
+def example_to_pb(example: Example) -> pb.TaskExample:
+    return pb.TaskExample(
+        id=example.id,
+        task=example.task,
+        split=example.split,
+        question=example.question,
+        reference=example.answer,
+        target=example.target,
+    )
+
+
+def example_from_pb(example: pb.TaskExample) -> Example:
+    return Example(
+        id=example.id,
+        task=example.task,
+        split=example.split,
+        question=example.question,
+        answer=example.reference,
+        target=example.target,
+    )
+
+
+def distill_request_to_pb(example: Example, options: DistillOptions) -> pb.DistillRequest:
+    request = pb.DistillRequest(
+        example=example_to_pb(example),
+        mode=DISTILL_MODE_TO_PB[options.mode],
+        model=options.model,
+        scorer_model=options.scorer_model,
+        num_candidates=options.num_candidates,
+        template=options.template,
+        sampling=params_to_pb(options.sampling),
+        ppl_threshold=options.ppl_threshold,
+        keep_incorrect=not options.require_correct,
+        reject_on_failure=options.fallback == "reject",
+    )
+    return request
+
+
+def distill_request_from_pb(request: pb.DistillRequest) -> tuple[Example, DistillOptions]:
+    if not request.HasField("example"):
+        raise InvalidArgument("example", "missing")
+    mode = DISTILL_MODE_FROM_PB.get(request.mode)
+    if mode is None:
+        raise InvalidArgument("mode", "set TRACE, REWRITE or BEST_OF_N")
+    options = DistillOptions(
+        mode=mode,
+        model=request.model,
+        scorer_model=request.scorer_model,
+        num_candidates=request.num_candidates,
+        template=request.template,
+        sampling=params_from_pb(request.sampling),
+        ppl_threshold=(
+            request.ppl_threshold if request.HasField("ppl_threshold") else DEFAULT_PPL_THRESHOLD
+        ),
+        require_correct=not request.keep_incorrect,
+        fallback="reject" if request.reject_on_failure else "reference",
+    )
+    return example_from_pb(request.example), options
+
+
+_CANDIDATE_OPTIONAL = ("answer", "correct", "nll", "num_tokens", "perplexity",
+                       "frac_above_threshold")
+_RECORD_OPTIONAL = (
+    "chosen_index",
+    "response_nll",
+    "response_tokens",
+    "reference_nll",
+    "reference_tokens",
+    "response_perplexity",
+    "response_frac_above_threshold",
+    "reference_perplexity",
+    "reference_frac_above_threshold",
+)
+_RECORD_PLAIN = ("id", "task", "split", "mode", "question", "reference", "target", "response",
+                 "status", "reason", "schema")
+_MODEL_PROVENANCE = ("model", "revision", "engine", "engine_version")
+
+
+def _set_optional(msg, obj, names) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None:
+            setattr(msg, name, value)
+
+
+def _get_optional(msg, names) -> dict:
+    return {name: getattr(msg, name) if msg.HasField(name) else None for name in names}
+
+
+def _model_provenance_to_pb(p: dict) -> pb.Provenance:
+    return pb.Provenance(**{k: p.get(k, "") for k in _MODEL_PROVENANCE})
+
+
+def distill_provenance_to_pb(p: dict) -> pb.DistillProvenance:
+    sampling = p.get("sampling", {})
+    usage = p.get("usage", {})
+    msg = pb.DistillProvenance(
+        generator=_model_provenance_to_pb(p.get("generator", {})),
+        scorer=_model_provenance_to_pb(p.get("scorer", {})),
+        template=p.get("template", ""),
+        template_digest=p.get("template_digest", ""),
+        prompt_template=p.get("prompt_template", ""),
+        sampling=pb.SamplingParams(
+            temperature=sampling.get("temperature", 0.0),
+            top_p=sampling.get("top_p", 0.0),
+            top_k=sampling.get("top_k", 0),
+            n=sampling.get("n", 0),
+            max_new_tokens=sampling.get("max_new_tokens", 0),
+            stop=sampling.get("stop", []),
+        ),
+        ppl_threshold=p.get("ppl_threshold", 0.0),
+        require_correct=p.get("require_correct", True),
+        fallback=p.get("fallback", ""),
+        usage=pb.Usage(
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+        ),
+        request_id=p.get("request_id", ""),
+    )
+    if p.get("seed") is not None:
+        msg.sampling.seed = p["seed"]
+    return msg
+
+
+def distill_provenance_from_pb(p: pb.DistillProvenance) -> dict:
+    s = p.sampling
+    return {
+        "generator": {k: getattr(p.generator, k) for k in _MODEL_PROVENANCE},
+        "scorer": {k: getattr(p.scorer, k) for k in _MODEL_PROVENANCE},
+        "template": p.template,
+        "template_digest": p.template_digest,
+        "prompt_template": p.prompt_template,
+        "sampling": {
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "top_k": s.top_k,
+            "n": s.n,
+            "max_new_tokens": s.max_new_tokens,
+            "stop": list(s.stop),
+        },
+        "seed": s.seed if s.HasField("seed") else None,
+        "ppl_threshold": p.ppl_threshold,
+        "require_correct": p.require_correct,
+        "fallback": p.fallback,
+        "usage": {
+            "prompt_tokens": p.usage.prompt_tokens,
+            "completion_tokens": p.usage.completion_tokens,
+        },
+        "request_id": p.request_id,
+    }
+
+
+def record_to_pb(record: Record) -> pb.DistillRecord:
+    msg = pb.DistillRecord(
+        **{name: getattr(record, name) for name in _RECORD_PLAIN},
+        prompt=prompt_to_pb(record.prompt).chat,
+        provenance=distill_provenance_to_pb(record.provenance),
+    )
+    _set_optional(msg, record, _RECORD_OPTIONAL)
+    for c in record.candidates:
+        cand = msg.candidates.add(text=c.text, rejected_because=c.rejected_because)
+        _set_optional(cand, c, _CANDIDATE_OPTIONAL)
+    return msg
+
+
+def record_from_pb(msg: pb.DistillRecord) -> Record:
+    # Floats travel as doubles and token counts as uint32, so nothing is rounded.
+    return Record(
+        **{name: getattr(msg, name) for name in _RECORD_PLAIN},
+        prompt=[{"role": m.role, "content": m.content} for m in msg.prompt.messages],
+        candidates=[
+            Candidate(
+                text=c.text,
+                rejected_because=c.rejected_because,
+                **_get_optional(c, _CANDIDATE_OPTIONAL),
+            )
+            for c in msg.candidates
+        ],
+        provenance=distill_provenance_from_pb(msg.provenance),
+        **_get_optional(msg, _RECORD_OPTIONAL),
+    )

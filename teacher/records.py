@@ -56,6 +56,15 @@ class Record:
     response_tokens: int | None = None
     reference_nll: float | None = None
     reference_tokens: int | None = None
+    # exp(mean NLL), and the share of tokens whose perplexity exceeds the threshold
+    # recorded in provenance["ppl_threshold"].
+    response_perplexity: float | None = None
+    response_frac_above_threshold: float | None = None
+    reference_perplexity: float | None = None
+    reference_frac_above_threshold: float | None = None
+    # Set by deduplication (teacher.dedup): the id of the record this one repeats;
+    # such a record is marked "rejected" so nothing trains on it twice.
+    duplicate_of: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     schema: str = SCHEMA
 

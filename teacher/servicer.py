@@ -14,6 +14,7 @@ import grpc
 from teacher import convert
 from teacher.api import teacher_pb2 as pb
 from teacher.api import teacher_pb2_grpc as pb_grpc
+from teacher.distill import distill_example
 from teacher.errors import (
     Cancelled,
     EngineUnavailable,
@@ -142,3 +143,9 @@ class TeacherServicer(pb_grpc.TeacherServicer):
                     for name, running, waiting, max_queue in self.service.load(request.model)
                 ]
             )
+
+    async def Distill(self, request: pb.DistillRequest, context):
+        async with rpc_scope(context, "Distill") as request_id:
+            example, options = convert.distill_request_from_pb(request)
+            record = await distill_example(self.service, example, options, request_id)
+            return pb.DistillResponse(record=convert.record_to_pb(record))

@@ -20,9 +20,11 @@ from typing import Literal
 __all__ = [
     "BBH_COT_3SHOT",
     "BBH_COT_ZEROSHOT",
+    "BBH_REWRITE",
     "GSM8K_COT_8SHOT",
     "GSM8K_COT_EXEMPLARS",
     "GSM8K_COT_ZEROSHOT",
+    "GSM8K_REWRITE",
     "Template",
     "get_template",
     "list_templates",
@@ -223,11 +225,55 @@ BBH_COT_ZEROSHOT = Template(
     source="distill",
 )
 
+# ---------------------------------------------------------------- distillation
+# Prompts the teacher generates training data with (teacher.distill). The student
+# never sees them: it trains on the task's zero-shot prompt -> the chosen response.
+# Reasoning traces use the few-shot CoT templates above (gsm8k-cot-8shot).
+
+
+# SDFT (Yang et al. 2024, "Self-Distillation Bridges Distribution Gap in Language
+# Model Fine-Tuning"), its rewrite prompt, plus the task's answer format so the
+# rewrite's final answer can be checked against the reference.
+_SDFT_HEAD = (
+    "Below are an instruction that describes a task along with a reference answer. "
+    "Using the reference answer as a guide, write your own response."
+)
+GSM8K_REWRITE = Template(
+    id="gsm8k-sdft-rewrite",
+    version=1,
+    task="gsm8k",
+    kind="chat",
+    text=(
+        _SDFT_HEAD + " Reason step by step and end with the final answer on its own last "
+        'line in the form "#### <number>".\n'
+        "### Instruction:\n{question}\n### Reference Answer:\n{reference}\n### Response:\n"
+    ),
+    fields=("question", "reference"),
+    max_new_tokens=384,
+    source="distill (SDFT, Yang et al. 2024)",
+)
+BBH_REWRITE = Template(
+    id="bbh-sdft-rewrite",
+    version=1,
+    task="bbh",
+    kind="chat",
+    text=(
+        _SDFT_HEAD + " Think step by step and end with a final sentence of the form "
+        '"So the answer is <answer>."\n'
+        "### Instruction:\n{question}\n### Reference Answer:\n{reference}\n### Response:\n"
+    ),
+    fields=("question", "reference"),
+    max_new_tokens=512,
+    source="distill (SDFT, Yang et al. 2024)",
+)
+
 _TEMPLATES: tuple[Template, ...] = (
     GSM8K_COT_ZEROSHOT,
     GSM8K_COT_8SHOT,
     BBH_COT_3SHOT,
     BBH_COT_ZEROSHOT,
+    GSM8K_REWRITE,
+    BBH_REWRITE,
 )
 
 

@@ -551,7 +551,7 @@ def test_bbh_is_correct() -> None:
 def test_templates_registry() -> None:
     keys = [t.key for t in list_templates()]
     assert len(keys) == len(set(keys))
-    assert {t.id for t in list_templates("gsm8k")} == {"gsm8k-cot-zeroshot", "gsm8k-cot-8shot"}
+    assert {"gsm8k-cot-zeroshot", "gsm8k-cot-8shot"} <= {t.id for t in list_templates("gsm8k")}
     assert get_template("gsm8k-cot-8shot") is GSM8K_COT_8SHOT
     assert get_template("gsm8k-cot-8shot@v1") is GSM8K_COT_8SHOT
     assert get_template("gsm8k-cot-zeroshot", version=1) is GSM8K_COT_ZEROSHOT

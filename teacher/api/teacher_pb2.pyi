@@ -16,6 +16,13 @@ class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STOP_REASON_CANCELLED: _ClassVar[StopReason]
     STOP_REASON_TIME_LIMIT: _ClassVar[StopReason]
     STOP_REASON_ERROR: _ClassVar[StopReason]
+
+class DistillMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DISTILL_MODE_UNSPECIFIED: _ClassVar[DistillMode]
+    DISTILL_MODE_TRACE: _ClassVar[DistillMode]
+    DISTILL_MODE_REWRITE: _ClassVar[DistillMode]
+    DISTILL_MODE_BEST_OF_N: _ClassVar[DistillMode]
 STOP_REASON_UNSPECIFIED: StopReason
 STOP_REASON_MAX_TOKENS: StopReason
 STOP_REASON_EOS: StopReason
@@ -23,6 +30,10 @@ STOP_REASON_STOP_SEQUENCE: StopReason
 STOP_REASON_CANCELLED: StopReason
 STOP_REASON_TIME_LIMIT: StopReason
 STOP_REASON_ERROR: StopReason
+DISTILL_MODE_UNSPECIFIED: DistillMode
+DISTILL_MODE_TRACE: DistillMode
+DISTILL_MODE_REWRITE: DistillMode
+DISTILL_MODE_BEST_OF_N: DistillMode
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -343,3 +354,145 @@ class GetLoadResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelLoad]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelLoad, _Mapping]]] = ...) -> None: ...
+
+class TaskExample(_message.Message):
+    __slots__ = ("id", "task", "split", "question", "reference", "target")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    task: str
+    split: str
+    question: str
+    reference: str
+    target: str
+    def __init__(self, id: _Optional[str] = ..., task: _Optional[str] = ..., split: _Optional[str] = ..., question: _Optional[str] = ..., reference: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class DistillRequest(_message.Message):
+    __slots__ = ("example", "mode", "model", "scorer_model", "num_candidates", "template", "sampling", "ppl_threshold", "keep_incorrect", "reject_on_failure")
+    EXAMPLE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SCORER_MODEL_FIELD_NUMBER: _ClassVar[int]
+    NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    PPL_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    KEEP_INCORRECT_FIELD_NUMBER: _ClassVar[int]
+    REJECT_ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    example: TaskExample
+    mode: DistillMode
+    model: str
+    scorer_model: str
+    num_candidates: int
+    template: str
+    sampling: SamplingParams
+    ppl_threshold: float
+    keep_incorrect: bool
+    reject_on_failure: bool
+    def __init__(self, example: _Optional[_Union[TaskExample, _Mapping]] = ..., mode: _Optional[_Union[DistillMode, str]] = ..., model: _Optional[str] = ..., scorer_model: _Optional[str] = ..., num_candidates: _Optional[int] = ..., template: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., ppl_threshold: _Optional[float] = ..., keep_incorrect: _Optional[bool] = ..., reject_on_failure: _Optional[bool] = ...) -> None: ...
+
+class DistillCandidate(_message.Message):
+    __slots__ = ("text", "answer", "correct", "nll", "num_tokens", "perplexity", "frac_above_threshold", "rejected_because")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    NLL_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PERPLEXITY_FIELD_NUMBER: _ClassVar[int]
+    FRAC_ABOVE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_BECAUSE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    answer: str
+    correct: bool
+    nll: float
+    num_tokens: int
+    perplexity: float
+    frac_above_threshold: float
+    rejected_because: str
+    def __init__(self, text: _Optional[str] = ..., answer: _Optional[str] = ..., correct: _Optional[bool] = ..., nll: _Optional[float] = ..., num_tokens: _Optional[int] = ..., perplexity: _Optional[float] = ..., frac_above_threshold: _Optional[float] = ..., rejected_because: _Optional[str] = ...) -> None: ...
+
+class DistillProvenance(_message.Message):
+    __slots__ = ("generator", "scorer", "template", "template_digest", "prompt_template", "sampling", "ppl_threshold", "require_correct", "fallback", "usage", "request_id")
+    GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    SCORER_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    PPL_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_CORRECT_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    generator: Provenance
+    scorer: Provenance
+    template: str
+    template_digest: str
+    prompt_template: str
+    sampling: SamplingParams
+    ppl_threshold: float
+    require_correct: bool
+    fallback: str
+    usage: Usage
+    request_id: str
+    def __init__(self, generator: _Optional[_Union[Provenance, _Mapping]] = ..., scorer: _Optional[_Union[Provenance, _Mapping]] = ..., template: _Optional[str] = ..., template_digest: _Optional[str] = ..., prompt_template: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., ppl_threshold: _Optional[float] = ..., require_correct: _Optional[bool] = ..., fallback: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DistillRecord(_message.Message):
+    __slots__ = ("id", "task", "split", "mode", "prompt", "question", "reference", "target", "response", "status", "reason", "chosen_index", "candidates", "response_nll", "response_tokens", "reference_nll", "reference_tokens", "response_perplexity", "response_frac_above_threshold", "reference_perplexity", "reference_frac_above_threshold", "provenance", "schema")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_NLL_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_NLL_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_PERPLEXITY_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FRAC_ABOVE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_PERPLEXITY_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FRAC_ABOVE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    task: str
+    split: str
+    mode: str
+    prompt: ChatMessages
+    question: str
+    reference: str
+    target: str
+    response: str
+    status: str
+    reason: str
+    chosen_index: int
+    candidates: _containers.RepeatedCompositeFieldContainer[DistillCandidate]
+    response_nll: float
+    response_tokens: int
+    reference_nll: float
+    reference_tokens: int
+    response_perplexity: float
+    response_frac_above_threshold: float
+    reference_perplexity: float
+    reference_frac_above_threshold: float
+    provenance: DistillProvenance
+    schema: str
+    def __init__(self, id: _Optional[str] = ..., task: _Optional[str] = ..., split: _Optional[str] = ..., mode: _Optional[str] = ..., prompt: _Optional[_Union[ChatMessages, _Mapping]] = ..., question: _Optional[str] = ..., reference: _Optional[str] = ..., target: _Optional[str] = ..., response: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., chosen_index: _Optional[int] = ..., candidates: _Optional[_Iterable[_Union[DistillCandidate, _Mapping]]] = ..., response_nll: _Optional[float] = ..., response_tokens: _Optional[int] = ..., reference_nll: _Optional[float] = ..., reference_tokens: _Optional[int] = ..., response_perplexity: _Optional[float] = ..., response_frac_above_threshold: _Optional[float] = ..., reference_perplexity: _Optional[float] = ..., reference_frac_above_threshold: _Optional[float] = ..., provenance: _Optional[_Union[DistillProvenance, _Mapping]] = ..., schema: _Optional[str] = ...) -> None: ...
+
+class DistillResponse(_message.Message):
+    __slots__ = ("record",)
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    record: DistillRecord
+    def __init__(self, record: _Optional[_Union[DistillRecord, _Mapping]] = ...) -> None: ...

@@ -64,6 +64,11 @@ class TeacherStub:
                 request_serializer=teacher_dot_api_dot_teacher__pb2.GetLoadRequest.SerializeToString,
                 response_deserializer=teacher_dot_api_dot_teacher__pb2.GetLoadResponse.FromString,
                 _registered_method=True)
+        self.Distill = channel.unary_unary(
+                '/distill.teacher.v1.Teacher/Distill',
+                request_serializer=teacher_dot_api_dot_teacher__pb2.DistillRequest.SerializeToString,
+                response_deserializer=teacher_dot_api_dot_teacher__pb2.DistillResponse.FromString,
+                _registered_method=True)
 
 
 class TeacherServicer:
@@ -109,6 +114,15 @@ class TeacherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Distill(self, request, context):
+        """Distillation data for one task example: generate candidates (reasoning
+        traces, self-rewrites of the reference, or best-of-N self-outputs), check
+        their answers, score them under a scorer model and choose one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TeacherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +155,11 @@ def add_TeacherServicer_to_server(servicer, server):
                     servicer.GetLoad,
                     request_deserializer=teacher_dot_api_dot_teacher__pb2.GetLoadRequest.FromString,
                     response_serializer=teacher_dot_api_dot_teacher__pb2.GetLoadResponse.SerializeToString,
+            ),
+            'Distill': grpc.unary_unary_rpc_method_handler(
+                    servicer.Distill,
+                    request_deserializer=teacher_dot_api_dot_teacher__pb2.DistillRequest.FromString,
+                    response_serializer=teacher_dot_api_dot_teacher__pb2.DistillResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +324,33 @@ class Teacher:
             '/distill.teacher.v1.Teacher/GetLoad',
             teacher_dot_api_dot_teacher__pb2.GetLoadRequest.SerializeToString,
             teacher_dot_api_dot_teacher__pb2.GetLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Distill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distill.teacher.v1.Teacher/Distill',
+            teacher_dot_api_dot_teacher__pb2.DistillRequest.SerializeToString,
+            teacher_dot_api_dot_teacher__pb2.DistillResponse.FromString,
             options,
             channel_credentials,
             insecure,
