@@ -1,0 +1,232 @@
+"""Training data for the student: sources, the validation split, subsets, curriculum.
+
+An example is a prompt (chat messages) and the response the student learns to
+produce. It comes from a teacher output directory (``teacher.records``; the
+field chosen by the config) or from a task's human ground truth
+(``teacher.tasks``, the baseline arm). The validation split is made by example
+id (a seeded hash), so no id is ever in both splits, whatever the subset size.
+The examples become TRL's conversational prompt-completion format, so TRL
+tokenizes them with the chat template and computes the loss on the completion
+only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from student.config import DataConfig
+from teacher.records import Record, RecordError, shard_paths
+from teacher.tasks import get_task
+
+Messages = list[dict[str, str]]
+
+
+class StudentError(ValueError):
+    """A problem with the job's input or run directory; the message names what and where."""
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    id: str
+    prompt: Messages
+    response: str
+    # Per-example difficulty recorded by the teacher's scorer (NLL), if any.
+    nll: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"id": self.id, "prompt": self.prompt, "response": self.response},
+                          ensure_ascii=False)
+
+
+# ---------------------------------------------------------------- sources
+
+
+def load_examples(cfg: DataConfig, data_dir: str | Path | None = None) -> list[TrainExample]:
+    """The examples of the configured source (before splitting), in source order."""
+    examples = _from_teacher(cfg) if cfg.source == "teacher" else _from_ground_truth(cfg, data_dir)
+    if not examples:
+        where = cfg.path if cfg.source == "teacher" else f"task {cfg.task!r} split {cfg.split!r}"
+        raise StudentError(f"data: no training examples in {where}")
+    return examples
+
+
+def _from_ground_truth(cfg: DataConfig, data_dir: str | Path | None) -> list[TrainExample]:
+    try:
+        task = get_task(cfg.task)
+        examples = task.load(cfg.split, data_dir, limit=cfg.limit)
+    except ValueError as exc:
+        raise StudentError(f"data.task: {exc}") from exc
+    out = []
+    for ex in examples:
+        prompt = task.prompt(ex)
+        if isinstance(prompt, str):  # a completion template (wikitext): not a chat task
+            raise StudentError(f"data.task: {cfg.task!r} has no chat prompt to train on")
+        out.append(TrainExample(ex.id, [dict(m) for m in prompt], task.reference_response(ex)))
+    return out
+
+
+def _from_teacher(cfg: DataConfig) -> list[TrainExample]:
+    root = Path(cfg.path or "")
+    if not root.is_dir():
+        raise StudentError(f"data.path: teacher output directory {root} does not exist")
+    paths = shard_paths(root)
+    if not paths:
+        raise StudentError(f"data.path: no *.jsonl shards in {root}")
+    out: list[TrainExample] = []
+    seen: dict[str, str] = {}
+    for path in paths:
+        for where, data in _raw_records(path):
+            record = Record.from_dict(data, where)
+            if cfg.mode is not None and record.mode != cfg.mode:
+                continue
+            if record.status == "rejected" and not cfg.include_rejected:
+                continue
+            if cfg.field not in data:
+                raise RecordError(f"{where}: record has no field {cfg.field!r} (data.field)")
+            response = data[cfg.field]
+            if not isinstance(response, str) or not response.strip():
+                raise RecordError(f"{where}: field {cfg.field!r} is empty or not a string")
+            if record.task != cfg.task:
+                raise RecordError(f"{where}: record of task {record.task!r}, but data.task "
+                                  f"is {cfg.task!r}")
+            if record.id in seen:
+                raise RecordError(f"{where}: duplicate example id {record.id!r} (first at "
+                                  f"{seen[record.id]}); set data.mode to pick one mode")
+            seen[record.id] = where
+            nll = record.response_nll if cfg.field == "response" else (
+                record.reference_nll if cfg.field == "reference" else None)
+            out.append(TrainExample(record.id, record.prompt, response, nll))
+            if cfg.limit is not None and len(out) >= cfg.limit:
+                return out
+    return out
+
+
+def _raw_records(path: Path):
+    """(``file:line``, JSON object) for each non-blank line of a shard."""
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"{where}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(data, dict):
+                raise RecordError(f"{where}: expected a JSON object")
+            yield where, data
+
+
+# ---------------------------------------------------------------- split and subset
+
+
+def _count(size: float, n: int, what: str) -> int:
+    """A share (< 1, or <= 1 for subsets) or an absolute count -> a count out of n."""
+    if size <= 1.0 and not (what == "val" and size == 1.0):
+        return math.ceil(size * n) if size > 0 else 0
+    return min(int(size), n)
+
+
+def split_examples(examples: Sequence[TrainExample], val_size: float,
+                   seed: int) -> tuple[list[TrainExample], list[TrainExample]]:
+    """(train, val): the val ids are those with the smallest seeded hash.
+
+    Hashing the id (not the position) keeps an example on the same side however
+    the source is ordered or limited.
+    """
+    n_val = _count(val_size, len(examples), "val")
+    if n_val >= len(examples):
+        raise StudentError(f"data.val_size: {val_size} leaves no training examples out of "
+                           f"{len(examples)}")
+
+    def rank(ex: TrainExample) -> str:
+        return hashlib.sha256(f"{seed}:{ex.id}".encode()).hexdigest()
+
+    val_ids = {ex.id for ex in sorted(examples, key=rank)[:n_val]}
+    train = [ex for ex in examples if ex.id not in val_ids]
+    val = [ex for ex in examples if ex.id in val_ids]
+    return train, val
+
+
+def take_subset(train: Sequence[TrainExample], subset: float | None,
+                seed: int) -> list[TrainExample]:
+    """A seeded random subset (kept in source order), for saturation curves."""
+    if subset is None:
+        return list(train)
+    n = _count(subset, len(train), "subset")
+    if n == 0:
+        raise StudentError(f"data.subset: {subset} selects no examples out of {len(train)}")
+    keep = set(random.Random(seed).sample(range(len(train)), n))
+    return [ex for i, ex in enumerate(train) if i in keep]
+
+
+def fingerprint(train: Sequence[TrainExample], val: Sequence[TrainExample]) -> str:
+    """A hash of the ids and texts of both splits (what the model saw and was judged on)."""
+    h = hashlib.sha256()
+    for name, split in (("train", train), ("val", val)):
+        h.update(f"[{name}]\n".encode())
+        for ex in split:
+            h.update(ex.to_json().encode())
+            h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def write_examples(path: Path, examples: Sequence[TrainExample]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for ex in examples:
+            fh.write(ex.to_json() + "\n")
+    tmp.replace(path)
+
+
+def read_examples(path: Path) -> list[TrainExample]:
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                d = json.loads(line)
+                out.append(TrainExample(d["id"], d["prompt"], d["response"]))
+    return out
+
+
+# ---------------------------------------------------------------- TRL's dataset format
+
+
+def to_dataset(examples: Sequence[TrainExample]) -> Any:
+    """A ``datasets.Dataset`` in TRL's conversational prompt-completion format.
+
+    TRL renders ``prompt`` with the generation prompt and ``prompt + completion``
+    with the chat template, and masks the prompt tokens out of the loss.
+    """
+    from datasets import Dataset
+
+    return Dataset.from_list([
+        {"id": ex.id, "prompt": ex.prompt,
+         "completion": [{"role": "assistant", "content": ex.response}]}
+        for ex in examples
+    ])
+
+
+# ---------------------------------------------------------------- curriculum
+
+
+def easy_to_hard(ids: Sequence[str], nll: dict[str, float]) -> list[int]:
+    """Indices of ``ids`` ordered by increasing NLL (ties keep source order)."""
+    missing = [i for i in ids if i not in nll]
+    if missing:
+        raise StudentError(f"curriculum: no NLL for {len(missing)} example(s), e.g. {missing[0]}")
+    return sorted(range(len(ids)), key=lambda k: (nll[ids[k]], k))
+
+
+def answer_start(response: str) -> int:
+    """Character offset where the final answer (the last non-empty line) starts."""
+    stripped = response.rstrip()
+    cut = stripped.rfind("\n")
+    return cut + 1 if cut >= 0 else 0
