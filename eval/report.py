@@ -1,0 +1,213 @@
+"""Rendering: the terminal/Markdown tables and the PNG plots of results and reports.
+
+Tables are GitHub Markdown that also read well in a terminal (aligned columns,
+numbers with their 95% interval as ``value [low, high]``). Plots use matplotlib's
+Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
+
+
+def fmt_est(est: Mapping[str, Any] | None, digits: int = 3, bold: bool = False) -> str:
+    """``value [low, high]`` (bold value when asked)."""
+    if not est or est.get("value") is None:
+        return "–"
+    value = fmt(est["value"], digits)
+    if bold:
+        value = f"**{value}**"
+    ci = est.get("ci") or [None, None]
+    if ci[0] is None or ci[1] is None:
+        return value
+    return f"{value} [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
+                   align: Sequence[str] | None = None) -> str:
+    """A GitHub table with padded columns, so it is aligned in a terminal too."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [str(c).ljust(w) if a == "l" else str(c).rjust(w)
+                 for c, w, a in zip(cells, widths, align, strict=True)]
+        return "| " + " | ".join(parts) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if a == "r" else (":" + "-" * (w + 1))
+                         for w, a in zip(widths, align, strict=True)) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def results_table(results: Mapping[str, Any]) -> str:
+    """One row per measure of a ``results.json``: value, base, change (with intervals)."""
+    has_base = any("base" in m for m in results["metrics"].values())
+    header = ["metric", "n", "value [95% CI]"]
+    header += ["base", "change"] if has_base else []
+    header.append("better")
+    rows = []
+    for name, m in results["metrics"].items():
+        row = [name, str(m.get("n", "")), fmt_est(m)]
+        if has_base:
+            row += [fmt_est(m.get("base")), fmt_est(m.get("delta"))]
+        row.append("higher" if m["higher_is_better"] else "lower")
+        rows.append(row)
+    out = [f"## {results['model']['name']}"
+           + (f" + {results['adapter']['run_dir']}" if results.get("adapter") else "")
+           + f" — suite {results['suite']['name']}", "", markdown_table(header, rows)]
+    summary = results.get("summary") or {}
+    if summary:
+        out += ["", "Summary (change from the base model):", ""]
+        if "target_gain" in summary:
+            out.append(f"- target gain (gsm8k strict): {fmt_est(summary['target_gain'], 1)} points")
+        for task, est in (summary.get("forgetting") or {}).items():
+            out.append(f"- forgetting {task}: {fmt_est(est, 2)} ({est['unit']})")
+        for setting, ms in (summary.get("memorization_increase") or {}).items():
+            for name, est in ms.items():
+                out.append(f"- memorization increase, {setting} {name}: {fmt_est(est, 1)} points")
+    if results.get("skipped"):
+        out += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in results["skipped"].items())]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _err(est: Mapping[str, Any]) -> tuple[float, float]:
+    lo, hi = (est.get("ci") or [None, None])
+    v = est["value"]
+    return (v - lo if lo is not None else 0.0, hi - v if hi is not None else 0.0)
+
+
+def pareto_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Target gain (y) against overall forgetting (x), with 95% intervals; the
+    Pareto front (no arm both gains more and forgets less) is drawn as a line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
+    pts = []
+    for arm in arms:
+        gain, forget = arm.get("target_gain"), arm.get("forgetting_overall")
+        if not gain or not forget:
+            continue
+        ex, ey = _err(forget), _err(gain)
+        ax.errorbar(forget["value"], gain["value"], xerr=[[ex[0]], [ex[1]]],
+                    yerr=[[ey[0]], [ey[1]]], fmt="o", capsize=3, label=arm["name"])
+        pts.append((forget["value"], gain["value"]))
+    front = sorted(p for p in pts if not any(
+        q != p and q[0] <= p[0] and q[1] >= p[1] for q in pts))
+    if len(front) > 1:
+        ax.plot(*zip(*front, strict=True), "--", color="gray", lw=1, label="Pareto front")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.axvline(0, color="black", lw=0.5)
+    ax.set_xlabel("forgetting (overall; lower is better)")
+    ax.set_ylabel("target gain, gsm8k strict (points)")
+    ax.set_title("Target gain vs forgetting")
+    ax.grid(alpha=0.3)
+    if pts:
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def memorization_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Bars: memorization increase (ROUGE-L share above threshold, trained items) per
+    arm and setting, with 95% intervals."""
+    plt = _plt()
+    settings = sorted({s for a in arms for s in (a.get("memorization") or {})})
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(arms) + 2), 4.2), dpi=120)
+    width = 0.8 / max(1, len(settings))
+    for j, setting in enumerate(settings):
+        xs, ys, errs = [], [], [[], []]
+        for i, arm in enumerate(arms):
+            est = (arm.get("memorization") or {}).get(setting, {}).get("rouge_l_above")
+            if not est:
+                continue
+            xs.append(i + (j - (len(settings) - 1) / 2) * width)
+            ys.append(est["value"])
+            e = _err(est)
+            errs[0].append(e[0])
+            errs[1].append(e[1])
+        ax.bar(xs, ys, width=width, yerr=errs, capsize=3, label=setting)
+    ax.set_xticks(range(len(arms)), [a["name"] for a in arms], rotation=20, ha="right")
+    ax.set_ylabel("increase in share ROUGE-L ≥ threshold (points)")
+    ax.set_title("Memorization of training responses, vs the base model")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.grid(axis="y", alpha=0.3)
+    if settings:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def loss_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Train (solid) and validation (dashed) loss by step, one colour per arm."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    for i, arm in enumerate(arms):
+        hist = arm.get("loss_history") or {}
+        color = f"C{i}"
+        train = [(e["step"], e["loss"]) for e in hist.get("train", []) if e.get("loss") is not None]
+        val = [(e["step"], e["loss"]) for e in hist.get("eval", []) if e.get("loss") is not None]
+        if train:
+            ax.plot(*zip(*train, strict=True), color=color, label=f"{arm['name']} train")
+        if val:
+            ax.plot(*zip(*val, strict=True), "--o", color=color, ms=3,
+                    label=f"{arm['name']} val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Loss curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def saturation_plot(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path:
+    """Target gain against training examples, per data source (log x)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    for source, points in curves.items():
+        xs = [p["examples"] for p in points]
+        ys = [p["gain"]["value"] for p in points]
+        errs = [[_err(p["gain"])[0] for p in points], [_err(p["gain"])[1] for p in points]]
+        ax.errorbar(xs, ys, yerr=errs, fmt="-o", capsize=3, label=source)
+        for p in points:
+            if p.get("saturated"):
+                ax.annotate("saturated", (p["examples"], p["gain"]["value"]),
+                            textcoords="offset points", xytext=(4, -12), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("training examples")
+    ax.set_ylabel("target gain (points)")
+    ax.set_title("Saturation: gain vs data size (+50% data for < 3 points = saturated)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
