@@ -3,7 +3,7 @@
 Arms, each in its own process (so its peak memory is its own), on the same model,
 GSM8K ground-truth examples, batches (same order), sequence lengths and precision:
 
-* ``job``          ``student.train.train`` (TRL SFTTrainer + peft, our settings);
+* ``job``          ``student.trainer.train`` (TRL SFTTrainer + peft, our settings);
 * ``plain``        a hand-written peft + PyTorch loop: the floor (target: job within 10%);
 * ``trl_defaults`` a plain TRL ``SFTTrainer`` script on TRL's defaults (bf16 and
                    gradient checkpointing on: very slow on a CPU without native bf16);
@@ -168,7 +168,7 @@ def _step_tokens(args: argparse.Namespace, model_path: Path, steps: int) -> list
 
 def arm_job(args: argparse.Namespace, model_path: Path) -> dict[str, Any]:
     from student.config import load_train_config
-    from student.train import train
+    from student.trainer import train
 
     timer = StepTimer()
     cfg = load_train_config(None, [

@@ -6,7 +6,7 @@ from typing import Any
 
 
 def train(config: Any, out_dir: Any, **kwargs: Any) -> Any:
-    """``student.train.train`` (imported lazily: it pulls in torch and TRL)."""
-    from student.train import train as _train
+    """``student.trainer.train``, imported lazily: it pulls in torch and TRL."""
+    from student.trainer import train as _train
 
     return _train(config, out_dir, **kwargs)

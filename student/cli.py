@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.data_dir:
             overrides.append(f"data_dir={args.data_dir}")
         config = load_train_config(args.config, overrides)
-        from student.train import train
+        from student.trainer import train
 
         train(config, args.out, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, StudentError, RecordError, DataFormatError, FileNotFoundError) as exc:

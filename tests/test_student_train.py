@@ -71,7 +71,7 @@ def test_tiny_model_overfits_and_writes_the_run_directory(tiny_model, records, t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from student.train import train
+    from student.trainer import train
 
     cfg = load_train_config(None, overrides(
         tiny_model, records, "data.val_size=2", "sft.num_train_epochs=3",
@@ -121,7 +121,7 @@ def test_tiny_model_overfits_and_writes_the_run_directory(tiny_model, records, t
 
 
 def test_stm_curriculum_and_rationale_weight_run(tiny_model, tmp_path):
-    from student.train import SCORES_CACHE, train
+    from student.trainer import SCORES_CACHE, train
 
     # No recorded NLL: the curriculum falls back to the base model's, from the same pass as STM.
     rows = [record(i, response_nll=None) for i in range(4)]
@@ -147,7 +147,7 @@ def test_stm_curriculum_and_rationale_weight_run(tiny_model, tmp_path):
 def test_shape_dataset_masks_and_orders_exactly():
     from datasets import Dataset
 
-    from student.train import shape_dataset
+    from student.trainer import shape_dataset
 
     ids = ["x/0", "x/1", "x/2"]
     ds = Dataset.from_list([
@@ -174,7 +174,7 @@ CRASH = """
 import os, signal, sys
 from transformers import TrainerCallback
 from student.config import load_train_config
-from student.train import train
+from student.trainer import train
 
 class Crash(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
@@ -188,7 +188,7 @@ train(load_train_config(None, sys.argv[3:]), sys.argv[1], callbacks=[Crash()])
 def test_kill_and_resume_matches_an_uninterrupted_run(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    from student.train import train
+    from student.trainer import train
 
     records = write_records(tmp_path / "teacher", [record(i) for i in range(4)])
     args = overrides(tiny_model, records, "data.val_size=0", "sft.num_train_epochs=2",
