@@ -57,7 +57,8 @@ async def closed_loop(
         while not queue.empty():
             prompt = queue.get_nowait()
             started = time.perf_counter()
-            tokens += await send(prompt)
+            produced = await send(prompt)  # not `tokens += await ...`: that loses updates
+            tokens += produced
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
