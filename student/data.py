@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from student.config import DataConfig
-from teacher.records import Record, RecordError, shard_paths
+from teacher.records import Record, RecordError, iter_json_lines, shard_paths
 from teacher.tasks import get_task
 
 Messages = list[dict[str, str]]
@@ -82,7 +82,7 @@ def _from_teacher(cfg: DataConfig) -> list[TrainExample]:
     out: list[TrainExample] = []
     seen: dict[str, str] = {}
     for path in paths:
-        for where, data in _raw_records(path):
+        for where, data in iter_json_lines(path):
             record = Record.from_dict(data, where)
             if cfg.mode is not None and record.mode != cfg.mode:
                 continue
@@ -108,20 +108,6 @@ def _from_teacher(cfg: DataConfig) -> list[TrainExample]:
     return out
 
 
-def _raw_records(path: Path):
-    """(``file:line``, JSON object) for each non-blank line of a shard."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordError(f"{where}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(data, dict):
-                raise RecordError(f"{where}: expected a JSON object")
-            yield where, data
 
 
 # ---------------------------------------------------------------- split and subset

@@ -90,8 +90,8 @@ class Record:
 REQUIRED = ("id", "task", "split", "mode", "prompt", "reference", "response", "status")
 
 
-def iter_records(path: Path) -> Iterator[Record]:
-    """Records of one JSONL shard; a malformed line raises with file and line number."""
+def iter_json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(``file:line``, object) for each non-blank line; malformed lines raise with both."""
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -103,7 +103,13 @@ def iter_records(path: Path) -> Iterator[Record]:
                 raise RecordError(f"{where}: not valid JSON ({exc.msg})") from exc
             if not isinstance(data, dict):
                 raise RecordError(f"{where}: expected a JSON object")
-            yield Record.from_dict(data, where)
+            yield where, data
+
+
+def iter_records(path: Path) -> Iterator[Record]:
+    """Records of one JSONL shard; a malformed line raises with file and line number."""
+    for where, data in iter_json_lines(path):
+        yield Record.from_dict(data, where)
 
 
 def shard_paths(out_dir: Path) -> list[Path]:
