@@ -125,10 +125,7 @@ def pareto_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
     ax.grid(alpha=0.3)
     if pts:
         ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def memorization_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -157,10 +154,7 @@ def memorization_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     if settings:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def loss_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -182,10 +176,7 @@ def loss_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
     ax.set_title("Loss curves")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def saturation_plot(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path:
@@ -207,6 +198,11 @@ def saturation_plot(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Pat
     ax.set_title("Saturation: gain vs data size (+50% data for < 3 points = saturated)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Lay out, write and close a figure (closing frees it: reports draw many)."""
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

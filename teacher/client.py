@@ -94,6 +94,12 @@ class TeacherClient:
         delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
         await asyncio.sleep(delay * (0.5 + random.random() / 2))
 
+    def _gave_up(self, method: str, last: grpc.aio.AioRpcError) -> TeacherUnavailableError:
+        return TeacherUnavailableError(
+            f"teacher {','.join(self.addresses)} did not answer {method} after "
+            f"{self.retries + 1} attempts: {last.code().name}: {last.details()}"
+        )
+
     async def _unary(
         self,
         method: str,
@@ -115,10 +121,7 @@ class TeacherClient:
                 last = err
                 if attempt < self.retries:
                     await self._backoff(attempt)
-        raise TeacherUnavailableError(
-            f"teacher {','.join(self.addresses)} did not answer {method} after "
-            f"{self.retries + 1} attempts: {last.code().name}: {last.details()}"
-        ) from last
+        raise self._gave_up(method, last) from last
 
     # ------------------------------------------------------------ API
 
@@ -157,10 +160,7 @@ class TeacherClient:
                     await self._backoff(attempt)
             finally:
                 call.cancel()  # no-op when finished; frees the server slot if we stop early
-        raise TeacherUnavailableError(
-            f"teacher {','.join(self.addresses)} did not answer Generate after "
-            f"{self.retries + 1} attempts: {last.code().name}: {last.details()}"
-        ) from last
+        raise self._gave_up("Generate", last) from last
 
     async def generate(
         self,
