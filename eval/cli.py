@@ -3,6 +3,7 @@
     distill-eval run --model BASE [--adapter RUN_DIR] --suite SUITE --out DIR
     distill-eval compare RESULTS... --out DIR
     distill-eval suites
+    distill-eval experiment --config configs/experiments/NAME.yaml --out DIR
 
 Heavy imports (torch, transformers, matplotlib) happen inside the commands.
 """
@@ -64,6 +65,25 @@ def _parser() -> argparse.ArgumentParser:
                       help="which eval/<suite>/ of a run directory to read")
 
     sub.add_parser("suites", help="list the shipped suites")
+
+    exp = sub.add_parser(
+        "experiment",
+        help="distilled vs human-data runs end to end: generate, train, eval, compare",
+        description="Run an experiment config: the teacher arms' data, one LoRA student per "
+        "arm and seed, the eval suite on the base and every run, and the report. Every "
+        "stage is cached in --out: re-running continues after a kill and redoes nothing "
+        "that is finished; adding an arm runs only that arm.",
+    )
+    exp.add_argument("--config", type=Path, required=True,
+                     help="experiment YAML (e.g. configs/experiments/demo.yaml)")
+    exp.add_argument("--out", type=Path, default=None,
+                     help="experiment directory (default: runs/experiments/NAME)")
+    exp.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a config key, e.g. examples=16")
+    exp.add_argument("--data-dir", type=Path, default=None,
+                     help="benchmark data (default: the config's, $DISTILL_DATA_DIR or "
+                     "../shared/data)")
+    exp.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -101,6 +121,23 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from eval.experiment import headline, load_experiment, run_experiment, summary_line
+
+    overrides = list(args.overrides)
+    if args.data_dir is not None:
+        overrides.append(f"data_dir={args.data_dir}")
+    config = load_experiment(args.config, overrides)
+    out = args.out or Path("runs/experiments") / config.name
+    record = run_experiment(config, out, progress=not args.quiet, quiet=args.quiet)
+    print(headline(out))
+    print(f"\n{summary_line(record)}")
+    print(f"report: {record['report']}")
+    for plot in record["plots"]:
+        print(f"plot:   {plot}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -114,10 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         from eval.compare import CompareError
+        from eval.experiment import ExperimentError
         from eval.loading import AdapterMismatchError
+        from student.data import StudentError
         from teacher.tasks import DataFormatError
 
-        expected += (AdapterMismatchError, CompareError, DataFormatError)
+        expected += (AdapterMismatchError, CompareError, DataFormatError, ExperimentError,
+                     StudentError)
+        if args.command == "experiment":
+            return _experiment(args)
         if args.command == "run":
             return _run(args)
         if args.command == "compare":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,33 @@ def _saturation(arms: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]
     return curves
 
 
+_SEED_SUFFIX = re.compile(r"-seed\d+$")
+
+
+def _seed_spread(arms: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Arms trained under several seeds (run names ``<arm>-seed<k>``): the spread of
+    their accuracy and target gain across seeds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for a in arms:
+        if not a["is_base"] and _SEED_SUFFIX.search(a["name"]):
+            groups.setdefault(_SEED_SUFFIX.sub("", a["name"]), []).append(a)
+    rows = []
+    for name, group in groups.items():
+        if len(group) < 2:
+            continue
+        row: dict[str, Any] = {"arm": name, "seeds": len(group)}
+        for key in ("accuracy", "target_gain"):
+            vals = [a[key]["value"] for a in group
+                    if a.get(key) and a[key].get("value") is not None]
+            if len(vals) < 2:
+                continue
+            mean = sum(vals) / len(vals)
+            sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+            row[key] = {"mean": mean, "sd": sd, "min": min(vals), "max": max(vals)}
+        rows.append(row)
+    return rows
+
+
 def _best(arms: Sequence[dict[str, Any]], get: Any, higher: bool) -> int | None:
     vals = [(i, get(a)) for i, a in enumerate(arms) if not a["is_base"]]
     vals = [(i, v["value"]) for i, v in vals if v and v.get("value") is not None
@@ -251,6 +279,7 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
                         "source": ""})
     flags = _fairness(arms)
     curves = _saturation(arms)
+    spread = _seed_spread(arms)
 
     out.mkdir(parents=True, exist_ok=True)
     trained = [a for a in arms if not a["is_base"]]
@@ -294,6 +323,20 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
                 f"{p['examples']} ex → {fmt(p['gain']['value'], 1)} pts"
                 + (" (saturated)" if p["saturated"] else "") for p in points))
         md.append("")
+    if spread:
+        def cell(row: dict[str, Any], key: str, digits: int) -> str:
+            v = row.get(key)
+            if not v:
+                return "–"
+            return (f"{fmt(v['mean'], digits)} ± {fmt(v['sd'], digits)} "
+                    f"({fmt(v['min'], digits)}–{fmt(v['max'], digits)})")
+
+        md += ["## Seeds", "",
+               "Arms trained under several seeds: mean ± standard deviation across seeds "
+               "(min–max). A difference between arms smaller than this spread is noise.", "",
+               markdown_table(["arm", "seeds", "gsm8k acc", "target gain (pts)"],
+                              [[r["arm"], str(r["seeds"]), cell(r, "accuracy", 3),
+                                cell(r, "target_gain", 1)] for r in spread]), ""]
     ckpt_rows = [[a["name"], str(c["step"]),
                   fmt_est(c.get("gsm8k/strict_match"), 3), fmt_est(c.get("reference_ppl/gsm8k"), 3)]
                  for a in trained for c in a.get("checkpoints") or []]
@@ -308,7 +351,8 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
     markdown = "\n".join(md)
     (out / "report.md").write_text(markdown, encoding="utf-8")
     report = {"arms": [{k: v for k, v in a.items() if k != "loss_history"} for a in arms],
-              "fairness_flags": flags, "saturation": curves, "notes": notes,
+              "fairness_flags": flags, "saturation": curves, "seed_spread": spread,
+              "notes": notes,
               "plots": [p.name for p in plots]}
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
                                      encoding="utf-8")

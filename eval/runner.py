@@ -341,6 +341,13 @@ def _summary(results: dict[str, Any], items: dict[str, dict[str, list]], suite: 
 # ----------------------------------------------------------------------------- the run
 
 
+def fit_context(suite: Suite) -> Suite:
+    """Make the served context hold a wikitext window plus its one context token."""
+    if "wikitext" in suite.metrics:
+        suite.engine.max_model_len = max(suite.engine.max_model_len, suite.wikitext.max_length + 1)
+    return suite
+
+
 def model_identity(base_path: Path, suite: Suite) -> dict[str, Any]:
     from teacher.models import revision_of
 
@@ -367,8 +374,7 @@ async def run_eval(
     base_path = Path(resolve(model))
     if not base_path.is_dir():
         raise FileNotFoundError(f"model {model!r} resolved to {base_path}, not a local directory")
-    if "wikitext" in suite.metrics:  # a window plus its one context token must fit
-        suite.engine.max_model_len = max(suite.engine.max_model_len, suite.wikitext.max_length + 1)
+    fit_context(suite)
     identity = model_identity(base_path, suite)
 
     subjects = [Subject("base", None, None)]

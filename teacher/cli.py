@@ -188,6 +188,11 @@ def _add_generate_parser(sub) -> None:
         help="no candidate passes: reject the example instead of falling back to the reference",
     )
     gen.add_argument("--concurrency", type=int, default=8, help="examples in flight")
+    gen.add_argument(
+        "--worker", default="0/1", metavar="I/N",
+        help="this worker's share of the examples (by id hash) when N workers write into "
+        "the same --out; afterwards one plain run there marks duplicates and writes summary.json",
+    )
     gen.add_argument("--no-dedup", action="store_true", help="skip duplicate marking")
     gen.add_argument("--near-dup-threshold", type=float, default=0.85)
     gen.add_argument("--timeout", type=float, default=3600.0, help="seconds per example")
@@ -356,6 +361,11 @@ async def _generate(args) -> int:
     from teacher.generate_job import GenerateConfig, run_job
     from teacher.server import TeacherServer, build_service, parse_model_spec
 
+    try:
+        worker = tuple(int(x) for x in args.worker.split("/"))
+        assert len(worker) == 2
+    except (ValueError, AssertionError):
+        raise ValueError(f"--worker {args.worker!r}: use I/N, e.g. 0/4") from None
     config = GenerateConfig(
         task=args.task,
         split=args.split,
@@ -373,6 +383,8 @@ async def _generate(args) -> int:
         require_correct=not args.keep_incorrect,
         fallback="reject" if args.reject_on_failure else "reference",
         concurrency=args.concurrency,
+        worker_index=worker[0],
+        num_workers=worker[1],
         dedup=not args.no_dedup,
         near_dup_threshold=args.near_dup_threshold,
         timeout_s=args.timeout,

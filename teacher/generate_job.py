@@ -12,6 +12,13 @@ rest, so every example ends up in the output exactly once. ``job.json`` pins wha
 the directory was made with; a restart with a different task, split, mode or
 model is refused. At the end duplicates are marked (``teacher.dedup``) and
 ``summary.json`` is written.
+
+Scaling out: ``num_workers``/``worker_index`` (``--worker I/N``) give worker I the
+examples whose id hashes to I modulo N; each worker writes its own shards
+(``records-wIIIofNNN-*.jsonl``) and ``summary-wIIIofNNN.json`` into the same
+directory, so workers never share a file. A plain (single-worker) run of the same
+job afterwards finds every example done, marks duplicates across all shards and
+writes ``summary.json``.
 """
 
 from __future__ import annotations
@@ -46,7 +53,6 @@ log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
 SUMMARY_FILE = "summary.json"
-SHARD_PATTERN = "records-{:05d}.jsonl"
 # What a restart must agree on; the rest (concurrency, limit, ...) may change.
 PINNED = ("task", "split", "mode", "model", "scorer_model", "template", "num_candidates", "seed")
 
@@ -76,6 +82,8 @@ class GenerateConfig:
     fallback: str = "reference"
     concurrency: int = 8
     shard_size: int = 10_000
+    num_workers: int = 1  # workers sharing the job (by example-id hash)
+    worker_index: int = 0
     dedup: bool = True
     near_dup_threshold: float = 0.85
     timeout_s: float = 3600.0
@@ -88,6 +96,19 @@ class GenerateConfig:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
+        if not 0 <= self.worker_index < self.num_workers:
+            raise ValueError(f"worker {self.worker_index}/{self.num_workers}: the index must "
+                             "be in [0, number of workers)")
+
+    @property
+    def shard_prefix(self) -> str:
+        """What this worker's shard names start with ("" for a single worker)."""
+        if self.num_workers == 1:
+            return ""
+        return f"w{self.worker_index:03d}of{self.num_workers:03d}-"
+
+    def owns(self, example_id: str) -> bool:
+        return zlib.crc32(example_id.encode()) % self.num_workers == self.worker_index
 
     def options(self, example_id: str) -> DistillOptions:
         temperature = self.temperature
@@ -149,8 +170,18 @@ def repair_torn_tail(path: Path) -> int:
     return size - keep
 
 
-def load_done(out: Path) -> tuple[dict[str, Record], int]:
-    """Records already written (by id) and the number of torn tails repaired.
+def _own_shards(out: Path, prefix: str | None) -> list[Path]:
+    """Every shard (``prefix`` None), or one worker's (other workers may be writing theirs)."""
+    paths = shard_paths(out)
+    if prefix is None:
+        return paths
+    return [p for p in paths if p.name.startswith(f"records-{prefix}")
+            and p.name[len(f"records-{prefix}"):][:1].isdigit()]
+
+
+def load_done(out: Path, prefix: str | None = None) -> tuple[dict[str, Record], int]:
+    """Records already written (by id) and the number of torn tails repaired; only
+    the shards named ``records-<prefix>NNNNN.jsonl`` when a worker prefix is given.
 
     Any line but a torn last one that does not parse raises ``RecordError`` with
     ``file:line``. An id written twice (it cannot happen with this writer) is an
@@ -158,7 +189,7 @@ def load_done(out: Path) -> tuple[dict[str, Record], int]:
     """
     done: dict[str, Record] = {}
     repaired = 0
-    for path in shard_paths(out):
+    for path in _own_shards(out, prefix):
         cut = repair_torn_tail(path)
         if cut:
             repaired += 1
@@ -174,10 +205,11 @@ def load_done(out: Path) -> tuple[dict[str, Record], int]:
 class ShardWriter:
     """Appends records as whole lines, fsynced, rolling to a new shard when full."""
 
-    def __init__(self, out: Path, shard_size: int):
+    def __init__(self, out: Path, shard_size: int, prefix: str = ""):
         self.out = out
         self.shard_size = shard_size
-        paths = shard_paths(out)
+        self.pattern = f"records-{prefix}{{:05d}}.jsonl"
+        paths = _own_shards(out, prefix)
         self.index = int(paths[-1].stem.split("-")[-1]) if paths else 0
         self.count = paths[-1].read_bytes().count(b"\n") if paths else 0
         self._fd: int | None = None
@@ -188,7 +220,7 @@ class ShardWriter:
                 os.close(self._fd)
                 self.index += 1
                 self.count = 0
-            path = self.out / SHARD_PATTERN.format(self.index)
+            path = self.out / self.pattern.format(self.index)
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         return self._fd
 
@@ -343,7 +375,8 @@ def load_examples(config: GenerateConfig) -> list[Example]:
     if task.output_type != "generate_until":
         raise JobError(f"task {task.name!r} has no answers to distill (it is scored on "
                        "perplexity); use gsm8k or bbh/<subtask>")
-    return task.load(config.split, config.data_dir, config.limit)
+    examples = task.load(config.split, config.data_dir, config.limit)
+    return [e for e in examples if config.owns(e.id)]
 
 
 def _rejected_record(example: Example, mode: str, reason: str) -> Record:
@@ -360,12 +393,14 @@ async def run_job(client, config: GenerateConfig) -> dict[str, Any]:
     examples = load_examples(config)
     config.out.mkdir(parents=True, exist_ok=True)
     check_job_file(config.out, config)
-    done, repaired = load_done(config.out)
+    worker = config.num_workers > 1
+    done, repaired = load_done(config.out, config.shard_prefix if worker else None)
     wanted = {e.id for e in examples}
     todo = [e for e in examples if e.id not in done]
     skipped = len(examples) - len(todo)
     print(
-        f"{config.task} {config.split}: {len(examples)} examples, {skipped} already in "
+        (f"worker {config.worker_index}/{config.num_workers}: " if worker else "")
+        + f"{config.task} {config.split}: {len(examples)} examples, {skipped} already in "
         f"{config.out} (skipped), {len(todo)} to generate"
         + (f"; repaired {repaired} torn line(s)" if repaired else ""),
         file=sys.stderr,
@@ -373,7 +408,7 @@ async def run_job(client, config: GenerateConfig) -> dict[str, Any]:
     )
     if todo:
         await _check_models(client, config)
-    writer = ShardWriter(config.out, config.shard_size)
+    writer = ShardWriter(config.out, config.shard_size, config.shard_prefix)
     stats = Stats()
     semaphore = asyncio.Semaphore(config.concurrency)
     bar = tqdm(total=len(todo), unit="ex", disable=not config.progress, desc=config.mode)
@@ -406,11 +441,12 @@ async def run_job(client, config: GenerateConfig) -> dict[str, Any]:
         writer.close()
 
     duplicates = []
-    if config.dedup:
+    if config.dedup and not worker:  # across workers: by the single-worker run at the end
         from teacher.dedup import dedup_dir
 
         duplicates = dedup_dir(config.out, threshold=config.near_dup_threshold)
-    records = [r for r, _ in _all_records(config.out) if r.id in wanted]
+    records = [r for r, _ in _all_records(config.out, config.shard_prefix if worker else None)
+               if r.id in wanted]
     summary = summarize(records)
     summary.update(
         skipped=skipped,
@@ -422,13 +458,14 @@ async def run_job(client, config: GenerateConfig) -> dict[str, Any]:
         duplicate_ids=[asdict(d) for d in duplicates],
         ppl_threshold=config.ppl_threshold,
     )
-    (config.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    name = f"summary-{config.shard_prefix[:-1]}.json" if worker else SUMMARY_FILE
+    (config.out / name).write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary), file=sys.stderr, flush=True)
     return summary
 
 
-def _all_records(out: Path) -> list[tuple[Record, Path]]:
-    return [(r, p) for p in shard_paths(out) for r in iter_records(p)]
+def _all_records(out: Path, prefix: str | None = None) -> list[tuple[Record, Path]]:
+    return [(r, p) for p in _own_shards(out, prefix) for r in iter_records(p)]
 
 
 async def _check_models(client, config: GenerateConfig) -> None:

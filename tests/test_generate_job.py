@@ -29,7 +29,7 @@ from teacher.generate_job import (
     repair_torn_tail,
     summarize,
 )
-from teacher.records import Record, RecordError, read_records
+from teacher.records import Record, RecordError, iter_records, read_records
 from teacher.server import ServerConfig, TeacherServer
 from teacher.service import ModelHost, TeacherService
 from teacher.tasks import get_task
@@ -291,3 +291,39 @@ async def test_sigkill_and_resume_gives_every_id_once(server, data_dir, tmp_path
     _, stderr = await asyncio.wait_for(third.communicate(), timeout=120)
     assert third.returncode == 0 and f"{limit} already in" in stderr.decode()
     assert {p.name: p.read_bytes() for p in out.glob("*.jsonl")} == before
+
+
+@pytest.mark.slow
+async def test_workers_write_disjoint_shards_then_one_run_finalizes(server, data_dir, tmp_path):
+    """Three workers split the examples by id hash, concurrently, into one directory;
+    a plain run afterwards generates nothing and writes the summary over all shards."""
+    out = tmp_path / "out"
+    limit = 9
+
+    def cmd(worker: str) -> list[str]:
+        return [sys.executable, "-m", "teacher.cli", "generate", "--task", "gsm8k",
+                "--mode", "rewrite", "--max-new-tokens", "4", "--limit", str(limit),
+                "--data-dir", str(data_dir), "--no-progress", "--worker", worker,
+                "--address", f"127.0.0.1:{server.port}", "--out", str(out)]
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    workers = [await asyncio.create_subprocess_exec(*cmd(f"{i}/3"), env=env, cwd=REPO_ROOT,
+                                                    stderr=asyncio.subprocess.PIPE)
+               for i in range(3)]
+    logs = [(await asyncio.wait_for(w.communicate(), timeout=300))[1].decode() for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0], logs
+    per_worker = [sorted(r.id for r in iter_records(p))
+                  for i in range(3) for p in out.glob(f"records-w{i:03d}of003-*.jsonl")]
+    ids = [e.id for e in get_task("gsm8k").load("train", data_dir, limit)]
+    assert sorted(i for shard in per_worker for i in shard) == ids  # disjoint, complete
+    assert len([s for s in per_worker if s]) >= 2  # the hash spreads the work
+    assert sorted(p.name for p in out.glob("summary-*.json")) == [
+        f"summary-w{i:03d}of003.json" for i in range(3)]
+    assert not (out / "summary.json").exists()
+
+    final = await asyncio.create_subprocess_exec(*cmd("0/1"), env=env, cwd=REPO_ROOT,
+                                                 stderr=asyncio.subprocess.PIPE)
+    _, stderr = await asyncio.wait_for(final.communicate(), timeout=120)
+    assert final.returncode == 0 and f"{limit} already in" in stderr.decode()
+    assert json.loads((out / "summary.json").read_text())["records"] == limit
+    assert sorted(r.id for r in read_records(out)) == ids
