@@ -87,8 +87,8 @@ class Template:
         if self.kind == "completion":
             return body
         messages: Messages = []
-        if self.system:
-            messages.append({"role": "system", "content": self.system})
+        if self.system:  # formatted too: a system turn may carry fields (e.g. a reference)
+            messages.append({"role": "system", "content": self.system.format(**values)})
         messages.append({"role": "user", "content": body})
         return messages
 
@@ -238,7 +238,7 @@ _SDFT_HEAD = (
     "Below are an instruction that describes a task along with a reference answer. "
     "Using the reference answer as a guide, write your own response."
 )
-GSM8K_REWRITE = Template(
+GSM8K_REWRITE_V1 = Template(
     id="gsm8k-sdft-rewrite",
     version=1,
     task="gsm8k",
@@ -251,6 +251,25 @@ GSM8K_REWRITE = Template(
     fields=("question", "reference"),
     max_new_tokens=384,
     source="distill (SDFT, Yang et al. 2024)",
+)
+# Version 2: small instruct models (Qwen2.5-Coder-0.5B) answer v1 with a bare
+# "#### N", which has no reasoning and is rejected; given the reference as a
+# private system note and the question as the task's own zero-shot prompt, they
+# write a step-by-step solution in their own style (and the answer check still
+# rejects the ones that stray from the reference's result).
+GSM8K_REWRITE = Template(
+    id="gsm8k-sdft-rewrite",
+    version=2,
+    task="gsm8k",
+    kind="chat",
+    system=(
+        "Reference solution (for you only; the user does not see it):\n{reference}\n\n"
+        "Using the reference solution as a guide, write your own response to the user."
+    ),
+    text=GSM8K_COT_ZEROSHOT.text,
+    fields=("question", "reference"),
+    max_new_tokens=384,
+    source="distill (SDFT, Yang et al. 2024; reference as a system note)",
 )
 BBH_REWRITE = Template(
     id="bbh-sdft-rewrite",
@@ -272,6 +291,7 @@ _TEMPLATES: tuple[Template, ...] = (
     GSM8K_COT_8SHOT,
     BBH_COT_3SHOT,
     BBH_COT_ZEROSHOT,
+    GSM8K_REWRITE_V1,
     GSM8K_REWRITE,
     BBH_REWRITE,
 )

@@ -27,7 +27,7 @@ from teacher.records import SCHEMA, Candidate, Record, read_records
 from teacher.server import ServerConfig, TeacherServer
 from teacher.service import GenerationParams, ModelHost, TeacherService
 from teacher.tasks import Example, get_task
-from teacher.templates import GSM8K_COT_8SHOT, GSM8K_REWRITE, get_template
+from teacher.templates import GSM8K_COT_8SHOT, GSM8K_REWRITE, GSM8K_REWRITE_V1, get_template
 
 # float32-exact values: SamplingParams carries floats, not doubles.
 TINY = GenerationParams(temperature=0.75, max_new_tokens=8, seed=7)
@@ -54,13 +54,17 @@ def test_bare_answers_have_no_reasoning():
 
 
 def test_distill_templates_are_versioned_and_render():
-    assert get_template("gsm8k-sdft-rewrite@v1") is GSM8K_REWRITE
+    assert get_template("gsm8k-sdft-rewrite@v1") is GSM8K_REWRITE_V1
+    assert get_template("gsm8k-sdft-rewrite") is GSM8K_REWRITE  # the newest: v2
     assert DEFAULT_TEMPLATES[("trace", "gsm8k")] is GSM8K_COT_8SHOT  # few-shot CoT
-    rewrite = GSM8K_REWRITE.render(question="Q {x}", reference="R\n#### 1")[0]["content"]
+    rewrite = GSM8K_REWRITE_V1.render(question="Q {x}", reference="R\n#### 1")[0]["content"]
     assert rewrite.startswith("Below are an instruction that describes a task along with a "
                               "reference answer. Using the reference answer as a guide, write "
                               "your own response.")
     assert "### Instruction:\nQ {x}\n### Reference Answer:\nR\n#### 1\n### Response:\n" in rewrite
+    system, user = GSM8K_REWRITE.render(question="Q {x}", reference="R {y}\n#### 1")
+    assert system["role"] == "system" and "R {y}\n#### 1" in system["content"]
+    assert user["content"].startswith("Q {x}\n\nSolve the problem step by step.")
 
 
 def _record() -> Record:

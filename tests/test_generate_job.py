@@ -33,7 +33,7 @@ from teacher.records import Record, RecordError, iter_records, read_records
 from teacher.server import ServerConfig, TeacherServer
 from teacher.service import ModelHost, TeacherService
 from teacher.tasks import get_task
-from teacher.templates import GSM8K_REWRITE
+from teacher.templates import GSM8K_REWRITE_V1
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,13 +153,13 @@ def test_exact_and_near_duplicates_are_found_in_id_order():
 
 def test_template_text_is_excluded():
     """Rewrites that echo the template share its text, not their content."""
-    literals = template_literals([GSM8K_REWRITE])
+    literals = template_literals([GSM8K_REWRITE_V1])
     assert any(line.startswith("Below are an instruction") for line in literals)
-    head = GSM8K_REWRITE.text.split("\n")[0]
+    head = GSM8K_REWRITE_V1.text.split("\n")[0]
     q = "What is the answer?"
     a = rec(1, f"{head}\n### Response:\nShe has 5 apples.\n#### 5", q)
     b = rec(2, f"{head}\n### Response:\nHe owes 17 dollars.\n#### 17", q)
-    assert find_duplicates([a, b], threshold=0.5, templates=[GSM8K_REWRITE]) == {}
+    assert find_duplicates([a, b], threshold=0.5, templates=[GSM8K_REWRITE_V1]) == {}
     # Without excluding the template the shared text alone merges them.
     assert set(find_duplicates([a, b], threshold=0.5, templates=[])) == {b.id}
 
