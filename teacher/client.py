@@ -67,6 +67,9 @@ class TeacherClient:
         options = [
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            # A name resolving to many replicas (a Kubernetes headless service:
+            # dns:///teacher.NAMESPACE.svc.cluster.local:50051) is balanced per call too.
+            ("grpc.lb_policy_name", "round_robin"),
         ]
         if tls_ca is not None:
             creds = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())

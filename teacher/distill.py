@@ -182,7 +182,12 @@ async def distill_example(
 
     tpl = _generation_template(task, mode, options.template)
     if mode == "rewrite":
-        gen_prompt = tpl.render(question=example.question, reference=reference)
+        shown = reference
+        body, mark, _ = reference.rpartition("####")
+        if tpl.reference_answer_line and mark:
+            answer = tpl.reference_answer_line.format(answer=base["target"])
+            shown = f"{body.rstrip()}\n{answer}".lstrip()
+        gen_prompt = tpl.render(question=example.question, reference=shown)
         stop, max_new, prompt_key = tpl.stop, tpl.max_new_tokens, tpl.key
     else:
         gen_prompt = task.prompt(example, tpl)

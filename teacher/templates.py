@@ -57,6 +57,9 @@ class Template:
     max_new_tokens: int | None = None
     num_fewshot: int = 0
     source: str = ""  # where the format comes from (an lm-eval file, or "distill")
+    # Rewrite templates: how the reference's final "#### N" line is shown to the
+    # model ("{answer}" is N); None shows the reference as it is.
+    reference_answer_line: str | None = None
 
     @property
     def key(self) -> str:
@@ -254,9 +257,10 @@ GSM8K_REWRITE_V1 = Template(
 )
 # Version 2: small instruct models (Qwen2.5-Coder-0.5B) answer v1 with a bare
 # "#### N", which has no reasoning and is rejected; given the reference as a
-# private system note and the question as the task's own zero-shot prompt, they
-# write a step-by-step solution in their own style (and the answer check still
-# rejects the ones that stray from the reference's result).
+# private system note (ending in prose, not "#### N") and the question as the
+# task's own zero-shot prompt, they write a step-by-step solution in their own
+# style (and the answer check still rejects the ones that stray from the
+# reference's result).
 GSM8K_REWRITE = Template(
     id="gsm8k-sdft-rewrite",
     version=2,
@@ -269,6 +273,8 @@ GSM8K_REWRITE = Template(
     text=GSM8K_COT_ZEROSHOT.text,
     fields=("question", "reference"),
     max_new_tokens=384,
+    # Shown "#### N", the model copies that line first and reasons after it.
+    reference_answer_line="The final answer is {answer}.",
     source="distill (SDFT, Yang et al. 2024; reference as a system note)",
 )
 BBH_REWRITE = Template(

@@ -421,6 +421,27 @@ async def test_unreachable_teacher_gives_clear_error():
             await client.list_models()
 
 
+async def test_client_balances_replicas_and_fails_over(test_model_dir):
+    """Scaling out: one client over a list of replicas spreads calls round-robin, and
+    a replica that is down costs a retry on the next one, not an error."""
+    replicas = [await start_server(test_model_dir, "hf") for _ in range(2)]
+    try:
+        addresses = [f"127.0.0.1:{r.port}" for r in replicas]
+        params = GenerationParams(max_new_tokens=2)
+        async with TeacherClient(addresses, backoff_s=0.01) as client:
+            await asyncio.gather(*(client.generate_batch([CHAT], params) for _ in range(8)))
+        admitted = [r.service.hosts["smol"].admitted for r in replicas]
+        assert admitted == [4, 4]
+        async with TeacherClient(["127.0.0.1:1", *addresses], backoff_s=0.01) as client:
+            for _ in range(6):
+                results = await client.generate_batch([CHAT], params)
+                assert results[0][0].text
+        assert sum(r.service.hosts["smol"].admitted for r in replicas) == 8 + 6
+    finally:
+        for r in replicas:
+            await r.drain_and_stop()
+
+
 def test_sigterm_drains_the_cli_server(test_model_dir):
     """The real `distill-teacher serve` process: SIGTERM lets a running stream finish."""
     import socket

@@ -6,16 +6,22 @@ one worker thread, so the event loop never blocks on model work. Each sequence
 samples with its own seeded generator: a seed gives the same tokens whatever
 else shares the batch. Scoring is batched the same way.
 
+Generation is continuously batched: sequences that arrive while a batch is
+decoding join it between steps (their prompts prefilled, their KV cache merged
+in), and finished sequences leave it at once, so a late request never waits
+for a whole batch to finish.
+
 Options (``EngineConfig.options``): ``max_batch_size`` (16), ``max_batch_tokens``
 (8192: prompt + new tokens over the batch), ``batch_wait_ms`` (5),
 ``max_score_tokens`` (2048 completion tokens per scoring batch, bounding the
-logits held in memory).
+logits held in memory), ``continuous_batching`` (true; false = static batches).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +67,82 @@ class _ScoreJob:
     results: list[list[float]] = field(default_factory=list)
 
 
+@dataclass(eq=False)
+class _Row:
+    """One sequence in the running batch."""
+
+    seq: _Sequence
+    generator: torch.Generator
+    count: int = 0  # tokens produced
+    next_id: int = 0  # the token to feed at the next step
+
+
+def _cost(seq: _Sequence) -> int:
+    """What a sequence may occupy: its prompt plus its new tokens."""
+    return len(seq.request.prompt_ids) + seq.request.sampling.max_new_tokens
+
+
+@dataclass(eq=False)
+class _Running:
+    """The batch being decoded: its rows, their KV cache (left-padded to one length),
+    the attention mask over the cache and each row's last position."""
+
+    rows: list[_Row]
+    cache: object  # transformers DynamicCache
+    mask: torch.Tensor  # [rows, cached tokens]: 0 = padding
+    last_pos: torch.Tensor  # [rows]
+
+    @property
+    def can_merge(self) -> bool:
+        """Only plain per-layer key/value caches can be padded and concatenated."""
+        layers = getattr(self.cache, "layers", None)
+        return bool(layers) and all(
+            type(layer).__name__ == "DynamicLayer" and not layer.is_sliding for layer in layers
+        )
+
+    def tokens(self) -> int:
+        return sum(_cost(r.seq) for r in self.rows)
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only these rows (in order); cut cache columns that are padding for all."""
+        if len(indices) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in indices]
+        if not self.rows:
+            return
+        index = torch.tensor(indices, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.last_pos = self.mask[index], self.last_pos[index]
+        first = int(self.mask.any(0).int().argmax())
+        if first > 0 and self.can_merge:
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[:, :, first:]
+                layer.values = layer.values[:, :, first:]
+            self.mask = self.mask[:, first:]
+
+    def merge(self, other: _Running) -> _Running:
+        """This batch and ``other`` as one, each left-padded to the longer cache."""
+        if not other.rows:
+            return self
+        if not self.rows:
+            return other
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for part in (self, other):
+            pad = width - part.mask.shape[1]
+            if pad:
+                for layer in part.cache.layers:
+                    layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, pad, 0))
+                    layer.values = torch.nn.functional.pad(layer.values, (0, 0, pad, 0))
+                part.mask = torch.nn.functional.pad(part.mask, (pad, 0))
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([mine.keys, theirs.keys])
+            mine.values = torch.cat([mine.values, theirs.values])
+        self.rows += other.rows
+        self.mask = torch.cat([self.mask, other.mask])
+        self.last_pos = torch.cat([self.last_pos, other.last_pos])
+        return self
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":  # bf16 is emulated (slow) on most CPUs
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -92,11 +174,15 @@ class HFEngine:
         self.max_batch_tokens = int(opts.get("max_batch_tokens", 8192))
         self.batch_wait_s = float(opts.get("batch_wait_ms", 5)) / 1000
         self.max_score_tokens = int(opts.get("max_score_tokens", 2048))
+        self.continuous = bool(opts.get("continuous_batching", True))
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         # One worker thread: the model is used by one batch at a time.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
+        # Waiting work, shared with the worker thread (which admits sequences into
+        # the running batch between decoding steps): every access holds the lock.
         self._pending: deque[_Sequence | _ScoreJob] = deque()
+        self._lock = threading.Lock()
         self._wakeup = asyncio.Event()
         self._running: dict[str, _Sequence] = {}
         self._scheduler: asyncio.Task | None = None
@@ -154,7 +240,8 @@ class HFEngine:
         return self._info
 
     def load(self) -> EngineLoad:
-        waiting = sum(isinstance(p, _Sequence) for p in self._pending)
+        with self._lock:
+            waiting = sum(isinstance(p, _Sequence) for p in self._pending)
         return EngineLoad(running=len(self._running), waiting=waiting)
 
     async def shutdown(self) -> None:
@@ -171,7 +258,8 @@ class HFEngine:
         self._check_alive()
         seq = _Sequence(request, asyncio.Queue(), asyncio.get_running_loop())
         self._running[request.request_id] = seq
-        self._pending.append(seq)
+        with self._lock:
+            self._pending.append(seq)
         self._wakeup.set()
         try:
             while True:
@@ -187,13 +275,15 @@ class HFEngine:
             # Reached on normal end, on error, and when the consumer stops early.
             seq.aborted = True
             self._running.pop(request.request_id, None)
-            if seq in self._pending:
-                self._pending.remove(seq)
+            with self._lock:
+                if seq in self._pending:
+                    self._pending.remove(seq)
 
     async def score(self, items: Sequence[ScoreInput]) -> list[list[float]]:
         self._check_alive()
         job = _ScoreJob(items, asyncio.get_running_loop().create_future())
-        self._pending.append(job)
+        with self._lock:
+            self._pending.append(job)
         self._wakeup.set()
         return await job.future
 
@@ -223,14 +313,16 @@ class HFEngine:
             head = self._pending[0]
             try:
                 if isinstance(head, _ScoreJob):
-                    job = self._pending.popleft()
+                    with self._lock:
+                        job = self._pending.popleft()
                     job.results = await loop.run_in_executor(
                         self._executor, self._score_items, job.items
                     )
                     if not job.future.done():
                         job.future.set_result(job.results)
                 else:
-                    batch = self._take_generation_batch()
+                    with self._lock:
+                        batch = self._take_generation_batch()
                     if batch:
                         await loop.run_in_executor(self._executor, self._decode_batch, batch)
             except Exception as exc:  # an engine failure: fail everything, stop serving
@@ -239,15 +331,17 @@ class HFEngine:
                 self._fail_all(exc)
                 return
 
-    def _take_generation_batch(self) -> list[_Sequence]:
+    def _take_generation_batch(self, size: int = 0, tokens: int = 0) -> list[_Sequence]:
+        """Sequences from the head of the queue while they fit beside ``size`` rows
+        using ``tokens`` (a score job stops the batch: arrival order is kept, so
+        scoring is not starved by a stream of generations). Call with the lock held."""
         batch: list[_Sequence] = []
-        tokens = 0
         for item in list(self._pending):
             if not isinstance(item, _Sequence):
-                break  # keep arrival order between generation and scoring
-            cost = len(item.request.prompt_ids) + item.request.sampling.max_new_tokens
-            if batch and (
-                len(batch) >= self.max_batch_size or tokens + cost > self.max_batch_tokens
+                break
+            cost = _cost(item)
+            if (batch or size) and (
+                size + len(batch) >= self.max_batch_size or tokens + cost > self.max_batch_tokens
             ):
                 break
             self._pending.popleft()
@@ -258,73 +352,104 @@ class HFEngine:
         return batch
 
     def _fail_all(self, exc: BaseException) -> None:
-        for item in list(self._pending) + list(self._running.values()):
+        with self._lock:
+            pending = list(self._pending)
+            self._pending.clear()
+        for item in pending + list(self._running.values()):
             if isinstance(item, _ScoreJob):
                 if not item.future.done():
                     item.future.set_exception(EngineUnavailable(f"engine failed: {exc}"))
             else:
                 item.outputs.put_nowait(exc)
-        self._pending.clear()
 
     # ------------------------------------------------------------ model work (worker thread)
 
     @torch.inference_mode()
     def _decode_batch(self, batch: list[_Sequence]) -> None:
-        for seq in batch:
-            seq.started = True
-        prompts = [list(s.request.prompt_ids) for s in batch]
-        input_ids, attention = self._left_pad(prompts)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        generators = []
-        for s in batch:
-            g = torch.Generator(device=self.device)
-            g.manual_seed(s.request.sampling.seed)
-            generators.append(g)
-        counts = [0] * len(batch)
-        active = list(range(len(batch)))  # rows of the batch still decoding
-        cache = None
-        step_ids, step_mask, step_pos = input_ids, attention, positions
-        while active:
+        """Decode until every row is done, admitting waiting sequences between steps.
+
+        Continuous batching: after each decoding step, sequences that arrived meanwhile
+        (and fit the size and token budgets) are prefilled and their KV cache is merged
+        into the running batch, left-padded to a common length; finished rows leave the
+        batch and the cache at once. Positions are tracked per row, so padding never
+        shifts a sequence's rotary positions.
+        """
+        running: _Running | None = None
+        joining = batch
+        while True:
+            if joining:
+                joined = self._prefill(joining)
+                running = joined if running is None else running.merge(joined)
+                joining = []
+            if running is None or not running.rows:
+                joining = self._admit(0, 0) if self.continuous else []
+                if not joining:
+                    return
+                running = None
+                continue
+            next_ids = torch.tensor([r.next_id for r in running.rows], device=self.device)
+            mask = torch.cat([running.mask, running.mask.new_ones((len(running.rows), 1))], 1)
+            positions = (running.last_pos + 1).unsqueeze(1)
             out = self.model(
-                input_ids=step_ids,
-                attention_mask=step_mask,
-                position_ids=step_pos,
-                past_key_values=cache,
+                input_ids=next_ids.unsqueeze(1),
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=running.cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
-            cache = out.past_key_values
-            logits = out.logits[:, -1, :].float()
-            next_ids: list[int] = []
-            keep: list[int] = []  # positions in `active` that continue
-            for row, i in enumerate(active):
-                seq = batch[i]
-                opts = seq.request.sampling
-                if seq.aborted:
-                    seq.emit(EngineOutput((), "abort"))
-                    continue
-                token, step = self._sample(logits[row], opts, counts[i], generators[i])
-                counts[i] += 1
-                finish = None
-                if token in self.eos_ids:
-                    finish = "eos"
-                elif counts[i] >= opts.max_new_tokens:
-                    finish = "length"
-                seq.emit(EngineOutput((step,), finish))
-                if finish is None:
-                    keep.append(row)
-                    next_ids.append(token)
-            if not keep:
-                break
-            if len(keep) < len(active):  # drop finished rows from the batch and cache
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                step_mask = step_mask[index]
-                step_pos = step_pos[index]
-                active = [active[r] for r in keep]
-            step_ids = torch.tensor(next_ids, device=self.device).unsqueeze(1)
-            step_mask = torch.cat([step_mask, step_mask.new_ones((len(active), 1))], dim=1)
-            step_pos = step_pos[:, -1:] + 1
+            running.mask, running.last_pos = mask, positions[:, 0]
+            running.keep(self._sample_rows(running.rows, out.logits[:, -1, :].float()))
+            if self.continuous and running.can_merge:
+                joining = self._admit(len(running.rows), running.tokens())
+
+    def _prefill(self, seqs: list[_Sequence]) -> _Running:
+        """Run the prompts of newly admitted sequences and sample their first tokens."""
+        rows = []
+        for s in seqs:
+            s.started = True
+            g = torch.Generator(device=self.device)
+            g.manual_seed(s.request.sampling.seed)
+            rows.append(_Row(s, g))
+        input_ids, attention = self._left_pad([list(s.request.prompt_ids) for s in seqs])
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        running = _Running(rows, out.past_key_values, attention, positions[:, -1])
+        running.keep(self._sample_rows(rows, out.logits[:, -1, :].float()))
+        return running
+
+    def _sample_rows(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        """Sample each row's next token and emit it; the rows that go on."""
+        keep = []
+        for i, row in enumerate(rows):
+            seq = row.seq
+            opts = seq.request.sampling
+            if seq.aborted:
+                seq.emit(EngineOutput((), "abort"))
+                continue
+            token, step = self._sample(logits[i], opts, row.count, row.generator)
+            row.count += 1
+            finish = None
+            if token in self.eos_ids:
+                finish = "eos"
+            elif row.count >= opts.max_new_tokens:
+                finish = "length"
+            seq.emit(EngineOutput((step,), finish))
+            if finish is None:
+                row.next_id = token
+                keep.append(i)
+        return keep
+
+    def _admit(self, size: int, tokens: int) -> list[_Sequence]:
+        """Waiting sequences that fit beside ``size`` running rows using ``tokens``."""
+        with self._lock:
+            return self._take_generation_batch(size, tokens)
 
     def _sample(
         self, logits: torch.Tensor, opts: SamplingOptions, produced: int, generator: torch.Generator

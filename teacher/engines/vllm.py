@@ -132,6 +132,12 @@ class VLLMEngine:
         }
         if device == "cpu":
             args["enforce_eager"] = True  # graph capture/compile is slow and unneeded on CPU
+            # A prompt whose prefill is split over steps makes vLLM rewind its seeded
+            # generator, which CPU generators cannot do ("CPU Generator does not use
+            # offset": the EngineCore dies). Whole prompts only, with a step budget that
+            # always holds the longest one.
+            args["enable_chunked_prefill"] = False
+            args["max_num_batched_tokens"] = max(cfg.max_model_len, 8192)
         args.update(cfg.options)  # e.g. enable_lora, max_lora_rank, gpu_memory_utilization
 
         try:
