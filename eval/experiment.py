@@ -509,13 +509,15 @@ def _eval_is_current(results_path: Path, adapter_dir: Path, suite: Any) -> bool:
 
 async def stage_eval(plan_: Plan, out: Path, view: LiveView, progress: bool) -> list[Path]:
     from eval.cache import ResultCache
+    from eval.loading import serve
     from eval.rundir import RunDir
-    from eval.runner import RESULTS, run_eval
+    from eval.runner import RESULTS, fit_context, run_eval
     from eval.suite import load_suite
 
     c = plan_.config
     view.stage(3, "eval", len(plan_.runs))
-    paths = []
+    cache = ResultCache(out / "cache" / "eval")
+    paths, pending = [], []
     for run in plan_.runs:
         suite = load_suite(c.eval.suite, c.eval.overrides)
         run_dir = out / "runs" / run.name
@@ -524,11 +526,25 @@ async def stage_eval(plan_: Plan, out: Path, view: LiveView, progress: bool) -> 
         unit = f"runs/{run.name}/eval/{suite.name}"
         if _eval_is_current(results_dir / RESULTS, RunDir(run_dir).adapter_dir(), suite):
             view.cached(unit, "results of this adapter and suite")
-            continue
+        else:
+            pending.append((run, run_dir, results_dir, unit))
+    if len(pending) > 1:  # every arm's base-model items from one base engine
+        from teacher.models import resolve
+
+        suite = fit_context(load_suite(c.eval.suite, c.eval.overrides))
+        view.say(f"  eval ▸ base model items of {len(pending)} runs")
+        async with serve(Path(resolve(c.student)), None, suite.engine) as base_service:
+            for _, run_dir, results_dir, _ in pending:
+                await run_eval(c.student, fit_context(load_suite(c.eval.suite, c.eval.overrides)),
+                               results_dir, adapter=run_dir, data_dir=plan_.data_dir,
+                               cache=cache, progress=progress, base_service=base_service,
+                               base_only=True)
+    for run, run_dir, results_dir, unit in pending:
+        suite = load_suite(c.eval.suite, c.eval.overrides)
         started = view.start(unit, f"{suite.name} suite on base + {run.name} adapter")
         results = await run_eval(c.student, suite, results_dir, adapter=run_dir,
-                                 data_dir=plan_.data_dir, cache=ResultCache(out / "cache" / "eval"),
-                                 progress=progress)
+                                 data_dir=plan_.data_dir, progress=progress,
+                                 cache=ResultCache(out / "cache" / "eval"))
         view.finish(unit, "ran", started, cache_hits=results["cache"]["hits"],
                     cache_misses=results["cache"]["misses"])
     return paths

@@ -12,6 +12,7 @@ per item, model and metric: the output and its scores).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -364,8 +365,15 @@ async def run_eval(
     data_dir: Path | None = None,
     cache: ResultCache | None = None,
     progress: bool = True,
+    base_service: Any = None,
+    base_only: bool = False,
 ) -> dict[str, Any]:
-    """Run ``suite`` on ``model`` (+ the run dir's adapter) and write the results."""
+    """Run ``suite`` on ``model`` (+ the run dir's adapter) and write the results.
+
+    ``base_service``: an already started service hosting the base model, used for
+    the base model's items (an experiment evaluates all its arms' base items in one).
+    ``base_only``: only compute and cache the base model's items; nothing is written.
+    """
     from teacher.models import resolve
 
     started = time.perf_counter()
@@ -386,6 +394,8 @@ async def run_eval(
                 d = run.adapter_dir(name)
                 subjects.append(Subject(f"checkpoint-{step}", d, adapter_hash(d), step))
     data = load_data(suite, run, data_dir)
+    if base_only:
+        subjects = [s for s in subjects if s.label == "base"]
 
     # Which metric each subject needs, from the cache where possible.
     skipped: dict[str, str] = {}
@@ -425,7 +435,10 @@ async def run_eval(
         if not names:
             continue
         log.info("evaluating %s: %s", s.label, ", ".join(names))
-        async with serve(base_path, s.adapter_dir, suite.engine) as service:
+        hosting = (contextlib.nullcontext(base_service)
+                   if s.label == "base" and base_service is not None
+                   else serve(base_path, s.adapter_dir, suite.engine))
+        async with hosting as service:
             for name in names:
                 t0 = time.perf_counter()
                 bar = _progress(f"{s.label} {name}", _count(name, data, suite), progress)
@@ -438,6 +451,8 @@ async def run_eval(
                 cache.put(keys[(s.label, name)], rows)
                 items.setdefault(name, {})[s.label] = rows
 
+    if base_only:
+        return {"cache": {"hits": cache.hits, "misses": cache.misses}}
     has_base = run is not None
     results: dict[str, Any] = {
         "schema": SCHEMA,

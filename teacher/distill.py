@@ -74,6 +74,7 @@ LEAK_PATTERNS = (
     r"\bmy (own )?response\b",
     r"###\s*(instruction|response|reference)",
     r"\bthe reference\b",
+    r"<number>",  # the answer-format instruction copied back
 )
 _LEAK = re.compile("|".join(f"(?:{p})" for p in LEAK_PATTERNS), re.IGNORECASE)
 
@@ -222,7 +223,8 @@ async def distill_example(
 
     candidates = []
     for sample in samples:
-        text = sample.text.strip()
+        # In the student's answer format, so what is scored is what it trains on.
+        text = task.training_response(sample.text.strip())
         answer = task.extract_answer(text) if text else None
         cand = Candidate(text=text, answer=answer, correct=task.is_correct(text, example))
         if not text:

@@ -9,6 +9,7 @@ Everything a caller can get wrong is checked here and raised as
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -41,6 +42,9 @@ class Limits:
     max_batch_prompts: int = 1024
     max_score_items: int = 1024
     max_queue: int = 256  # admitted requests per model; more is RESOURCE_EXHAUSTED
+    # Scored (prompt, completion) pairs remembered per model: a data job scores each
+    # reference once per mode, and the engine's output for the same tokens is the same.
+    score_cache_items: int = 4096
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,8 @@ class ModelHost:
         self.max_queue = max_queue
         self.admitted = 0
         self.healthy = False
+        self.score_cache: collections.OrderedDict[tuple, list[float]] = (
+            collections.OrderedDict())
 
     @property
     def info(self) -> ModelInfo:
@@ -578,12 +584,22 @@ class TeacherService:
                     f"over the context length {context}",
                 )
             inputs.append(ScoreInput(prompt_ids, completion_ids))
+        keys = [(tuple(i.prompt_ids), tuple(i.completion_ids)) for i in inputs]
+        cache = host.score_cache
+        missing = [k for k, key in enumerate(keys) if key not in cache]
         with host.admit():
             try:
-                all_logprobs = await host.engine.score(inputs)
+                computed = await host.engine.score([inputs[k] for k in missing]) if missing else []
             except EngineUnavailable as exc:
                 self._engine_failed(host, exc)
                 raise
+        fresh = dict(zip(missing, computed, strict=True))
+        all_logprobs = [fresh[k] if k in fresh else cache[key] for k, key in enumerate(keys)]
+        for k, key in enumerate(keys):  # most recently used last; oldest evicted
+            cache[key] = all_logprobs[k]
+            cache.move_to_end(key)
+        while len(cache) > self.limits.score_cache_items:
+            cache.popitem(last=False)
         results = []
         for inp, logprobs in zip(inputs, all_logprobs, strict=True):
             nll_sum, mean, ppl, above = summarize_logprobs(logprobs, ppl_threshold)

@@ -908,6 +908,11 @@ class Task(ABC):
         """The ground-truth response a student is trained on."""
         return example.answer
 
+    def training_response(self, text: str) -> str:
+        """A generated response in the form the student is trained on (its final answer
+        stated the way the task's zero-shot prompt asks); unchanged by default."""
+        return text
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
@@ -920,6 +925,10 @@ def _none_if_invalid(filtered: str) -> str | None:
     return None if filtered in (INVALID, "") else filtered
 
 
+# A closing "The answer is N." (gsm8k_cot's format), at the very end of the text.
+_ANSWER_SENTENCE = re.compile(
+    r"\s*The answer is:?\s*\$?(?P<n>-?[\d,]*\.?\d+)\.?\s*$", re.IGNORECASE
+)
 # lm-eval's gsm8k reference answers mark calculator calls as <<48/2=24>>.
 _CALC_ANNOTATION = re.compile(r"<<[^<>]*>>")
 
@@ -981,6 +990,19 @@ class Gsm8kTask(Task):
         if found is None:
             return False
         return _canonical(found, GSM8K_METRIC) == _canonical(target_text, GSM8K_METRIC)
+
+    def training_response(self, text: str) -> str:
+        """Few-shot CoT answers end "The answer is N."; the student's zero-shot prompt
+        (and the strict metric) want a last line "#### N": a closing "The answer is
+        N." sentence becomes that line. Text already using "####" is left alone."""
+        if "####" in text:
+            return text
+        match = _ANSWER_SENTENCE.search(text)
+        if match is None:
+            return text
+        number = normalize_number(match.group("n")) or match.group("n").rstrip(".")
+        rationale = text[: match.start()].rstrip()
+        return f"{rationale}\n#### {number}" if rationale else f"#### {number}"
 
     def reference_response(self, example: Example) -> str:
         """The human rationale without calculator annotations, ending ``#### <target>``."""

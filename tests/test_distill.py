@@ -41,6 +41,7 @@ def test_modes_and_leaks():
         normalize_mode("distill")
     assert template_leak("Using the Reference Answer as a guide: 4") is not None
     assert template_leak("Here is your response.") is not None
+    assert template_leak('... on its own last line in the form "#### <number>".') is not None
     assert template_leak("### Response:\n4") is not None
     assert template_leak("She has 4 apples.\n#### 4") is None
 

@@ -223,6 +223,26 @@ async def test_sampling_seeds(engine, prompts):
     assert tokens_of(a) != tokens_of(c)
 
 
+async def test_seeded_sampling_over_long_prompts_survives_batching(engine):
+    """More prompt tokens than one scheduler step holds, every request seeded: on CPU a
+    prefill split across steps used to kill the EngineCore ("CPU Generator does not
+    use offset"); whole-prompt scheduling keeps it alive and the seeds reproducible."""
+    tok = engine.tokenizer
+    long_prompt = tok.encode_prompt([{"role": "user", "content": "Repeat after me: "
+                                      + "the tide keeps its time, " * 60}])
+    assert 300 < len(long_prompt) < 1000
+    n = 8192 // len(long_prompt) + 4  # the prompts overflow the 8192-token step budget
+
+    def opts(i: int) -> SamplingOptions:
+        return SamplingOptions(temperature=0.8, seed=i, max_new_tokens=4)
+
+    outs = await asyncio.gather(*(collect(engine, EngineRequest(f"long-{i}", long_prompt,
+                                                                 opts(i % 2)))
+                                  for i in range(n)))
+    assert all(o[-1].finish == "length" for o in outs)
+    assert len({tuple(tokens_of(o)) for o in outs[0::2]}) == 1  # same seed, same sample
+
+
 async def test_score_matches_transformers(engine, hf, prompts):
     tok = engine.tokenizer
     completions = [

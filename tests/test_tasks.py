@@ -568,3 +568,14 @@ def test_templates_registry() -> None:
 
 def test_template_render_keeps_braces() -> None:
     assert GSM8K_COT_8SHOT.render(question="What is {x}?").endswith("Q: What is {x}?\nA:")
+
+
+def test_gsm8k_training_response_uses_the_zero_shot_answer_line():
+    task = get_task("gsm8k")
+    assert task.training_response("So 5 + 5 = 10. The answer is 10.") == "So 5 + 5 = 10.\n#### 10"
+    assert task.training_response("3 each. The answer is $1,200.") == "3 each.\n#### 1200"
+    assert task.training_response("Half is 2.5. The answer is 2.5.") == "Half is 2.5.\n#### 2.5"
+    assert task.training_response("12 * 2 = 24\n#### 24") == "12 * 2 = 24\n#### 24"  # as asked
+    assert task.training_response("I am not sure.") == "I am not sure."
+    assert get_task("bbh/navigate").training_response("So the answer is Yes.") == \
+        "So the answer is Yes."

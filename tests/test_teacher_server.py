@@ -166,6 +166,10 @@ async def test_score_matches_direct_transformers(client, test_model_dir):
         assert math.isclose(result.perplexity, math.exp(result.mean_nll), rel_tol=1e-9)
         share = float((torch.exp(-expected) > 2.5).float().mean())
         assert abs(result.frac_above_threshold - share) < 1e-9 + 1 / len(completion_ids) * 0.01
+    # Scored again (one pair from the server's score cache, one new): the same numbers.
+    again = await client.score([items[1], ("Paris is in", " France.")], ppl_threshold=2.5)
+    assert [t.logprob for t in again[0].tokens] == [t.logprob for t in results[1].tokens]
+    assert again[1].num_tokens > 0
 
 
 async def test_tokenize_list_models_load(client):
