@@ -103,9 +103,10 @@ def _from_teacher(cfg: DataConfig) -> list[TrainExample]:
             nll = record.response_nll if cfg.field == "response" else (
                 record.reference_nll if cfg.field == "reference" else None)
             out.append(TrainExample(record.id, record.prompt, response, nll))
-            if cfg.limit is not None and len(out) >= cfg.limit:
-                return out
-    return out
+    # The job writes records as they finish; in the task's order (ids are zero-padded
+    # indices), the same data give the same run and data.limit means the first N.
+    out.sort(key=lambda ex: ex.id)
+    return out[: cfg.limit] if cfg.limit is not None else out
 
 
 
