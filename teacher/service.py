@@ -148,7 +148,8 @@ class ModelHost:
         self.name = name
         self.engine = engine
         self.max_queue = max_queue
-        self.admitted = 0
+        self.admitted = 0  # in flight now
+        self.served = 0  # admitted since start
         self.healthy = False
         self.score_cache: collections.OrderedDict[tuple, list[float]] = (
             collections.OrderedDict())
@@ -165,6 +166,7 @@ class ModelHost:
                 f"(max_queue={self.max_queue}); retry later"
             )
         self.admitted += 1
+        self.served += 1
         try:
             yield
         finally:

@@ -158,3 +158,24 @@ def test_unknown_suite_and_metric_on_the_command_line(tmp_path, capsys):
     assert main(["run", "--model", "smollm2-135m-instruct", "--suite", "smoke",
                  "--metrics", "gsm8k,perplexity", "--out", str(tmp_path)]) == 2
     assert "unknown metric 'perplexity'" in capsys.readouterr().err
+
+
+def test_seed_spread_groups_runs_of_one_arm():
+    from eval.compare import _seed_spread
+
+    def arm(name: str, acc: float | None, gain: float | None = None) -> dict:
+        return {"name": name, "is_base": False,
+                "accuracy": None if acc is None else {"value": acc},
+                "target_gain": None if gain is None else {"value": gain}}
+
+    rows = _seed_spread([
+        {"name": "base", "is_base": True},
+        arm("trace-seed1", 0.2, 10.0), arm("trace-seed2", 0.4, 30.0), arm("trace-seed3", 0.3, 20.0),
+        arm("ground_truth-seed1", 0.1), arm("rewrite", 0.5),  # one seed / no seeds: no row
+    ])
+    assert [r["arm"] for r in rows] == ["trace"]
+    (row,) = rows
+    assert row["seeds"] == 3
+    assert row["accuracy"]["mean"] == pytest.approx(0.3)
+    assert row["accuracy"]["sd"] == pytest.approx(0.1)
+    assert (row["target_gain"]["min"], row["target_gain"]["max"]) == (10.0, 30.0)

@@ -179,7 +179,7 @@ def test_smoke_experiment_killed_resumed_and_cached(tmp_path, data_dir, test_mod
     report = (out / "report" / "report.md").read_text()
     for arm in ("ground_truth", "rewrite", "base (smollm2-135m-instruct)"):
         assert arm in report
-    assert "| arm |" in log and "report: " in log  # the headline table and where it is
+    assert "| arm " in log and "report: " in log  # the headline table and where it is
     assert (out / "config.yaml").read_text().startswith("# distill-eval experiment --config")
     for run in ("ground_truth", "rewrite"):
         results = json.loads((out / "runs" / run / "eval" / "smoke" / "results.json").read_text())

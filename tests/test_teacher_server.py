@@ -167,7 +167,8 @@ async def test_score_matches_direct_transformers(client, test_model_dir):
         share = float((torch.exp(-expected) > 2.5).float().mean())
         assert abs(result.frac_above_threshold - share) < 1e-9 + 1 / len(completion_ids) * 0.01
     # Scored again (one pair from the server's score cache, one new): the same numbers.
-    again = await client.score([items[1], ("Paris is in", " France.")], ppl_threshold=2.5)
+    again = await client.score([items[1], ("Paris is in", " France.")], ppl_threshold=2.5,
+                               return_tokens=True)
     assert [t.logprob for t in again[0].tokens] == [t.logprob for t in results[1].tokens]
     assert again[1].num_tokens > 0
 
@@ -434,13 +435,13 @@ async def test_client_balances_replicas_and_fails_over(test_model_dir):
         params = GenerationParams(max_new_tokens=2)
         async with TeacherClient(addresses, backoff_s=0.01) as client:
             await asyncio.gather(*(client.generate_batch([CHAT], params) for _ in range(8)))
-        admitted = [r.service.hosts["smol"].admitted for r in replicas]
-        assert admitted == [4, 4]
+        served = [r.service.hosts["smol"].served for r in replicas]
+        assert served == [4, 4]
         async with TeacherClient(["127.0.0.1:1", *addresses], backoff_s=0.01) as client:
             for _ in range(6):
                 results = await client.generate_batch([CHAT], params)
                 assert results[0][0].text
-        assert sum(r.service.hosts["smol"].admitted for r in replicas) == 8 + 6
+        assert sum(r.service.hosts["smol"].served for r in replicas) == 8 + 6
     finally:
         for r in replicas:
             await r.drain_and_stop()
