@@ -401,9 +401,13 @@ def _token_steps(token_ids: Sequence[int], logprobs: Any, top_n: int) -> tuple[T
     return tuple(steps)
 
 
+_CLEANUP_TIMEOUT_S = 10.0
+
+
 async def _quietly(awaitable: Any) -> None:
-    """Best-effort clean-up: a failure here must not mask the original exit."""
+    """Best-effort, bounded clean-up: a failure or a stall here must neither mask the
+    original exit nor hold the caller (a time limit, a cancelled stream) forever."""
     try:
-        await awaitable
-    except Exception as e:
-        log.debug("vLLM clean-up step failed: %s", e)
+        await asyncio.wait_for(awaitable, _CLEANUP_TIMEOUT_S)
+    except Exception as e:  # TimeoutError included
+        log.warning("vLLM clean-up step failed: %r", e)
