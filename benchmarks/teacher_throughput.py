@@ -117,7 +117,7 @@ async def bench_engine(engine_name: str, model_dir: str, prompts, references, ar
     from teacher.client import TeacherClient
     from teacher.engine import EngineConfig, load_engine
     from teacher.server import ServerConfig, TeacherServer
-    from teacher.service import GenerationParams, ModelHost, ScoreItem, TeacherService
+    from teacher.service import GenerationParams, Limits, ModelHost, ScoreItem, TeacherService
 
     params = GenerationParams(
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, seed=0
@@ -126,7 +126,8 @@ async def bench_engine(engine_name: str, model_dir: str, prompts, references, ar
         engine_name,
         EngineConfig(model=model_dir, name="m", dtype="float32", max_model_len=args.max_model_len),
     )
-    service = TeacherService([ModelHost("m", engine, 1024)])
+    # No score cache: the gRPC pass would otherwise read the in-process pass's scores.
+    service = TeacherService([ModelHost("m", engine, 1024)], Limits(score_cache_items=0))
     config = ServerConfig(models=[], engine=engine_name, host="127.0.0.1", port=0)
     server = TeacherServer(service, config)
     await server.start()
