@@ -40,6 +40,7 @@ import difflib
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -306,7 +307,7 @@ class LiveView:
         self.started = time.monotonic()
         self.units: list[dict[str, Any]] = []
         self.status: dict[str, Any] = {"experiment": name, "state": "running", "stage": None,
-                                       "unit": None, "progress": None, "pid": _pid()}
+                                       "unit": None, "progress": None, "pid": os.getpid()}
 
     def _write(self) -> None:
         self.status["elapsed_s"] = round(time.monotonic() - self.started, 1)
@@ -350,12 +351,6 @@ class LiveView:
 
         elapsed = _duration(time.monotonic() - self.started)
         tqdm.write(f"[{self.name} {elapsed}] {line}", file=sys.stderr)
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 def _duration(seconds: float) -> str:
@@ -448,17 +443,16 @@ async def check_teacher(plan_: Plan, jobs: Sequence[DataJob]) -> None:
                                       f"the teacher at {t.address} (it serves {served})")
 
 
-async def stage_generate(plan_: Plan, out: Path, view: LiveView, progress: bool) -> None:
+async def stage_generate(plan_: Plan, out: Path, view: LiveView, progress: bool,
+                         pending: Sequence[DataJob]) -> None:
+    """Run the ``pending`` data jobs (the others were found complete by the caller)."""
     from teacher.generate_job import run_job
 
     jobs = list(plan_.data_jobs.values())
     view.stage(1, "generate", len(jobs))
-    pending = []
     for job in jobs:
-        if data_job_done(_job_config(plan_, job, out, progress)):
+        if job not in pending:
             view.cached(f"data/{job.key}", "every example has its record")
-        else:
-            pending.append(job)
     if not pending:
         return
     needed = {name for job in pending for name in (job.generator, job.scorer)}
@@ -634,7 +628,7 @@ async def _run(plan_: Plan, out: Path, *, progress: bool, quiet: bool) -> dict[s
     t0 = time.monotonic()
     try:
         try:
-            await stage_generate(plan_, out, view, progress)
+            await stage_generate(plan_, out, view, progress, pending)
         except JobError as e:
             raise ExperimentError(str(e)) from None
         stage_train(plan_, out, view)
