@@ -64,3 +64,44 @@ async def test_late_requests_join_the_running_batch(engine):
     joined = [rid for kind, rid in events[:done_first] if kind == "first" and rid != "b0"]
     assert len(joined) >= 2, events
     assert engine.load().running == 0 and engine.load().waiting == 0
+
+
+def test_common_prefix_leaves_each_prompt_a_token():
+    from teacher.engines.hf import _common_prefix
+
+    assert _common_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert _common_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # identical: the last token stays own
+    assert _common_prefix([[1, 2], [1, 2, 3, 4]]) == 1  # a prompt that prefixes another
+    assert _common_prefix([[7, 1], [8, 1]]) == 0
+
+
+@pytest.mark.slow
+async def test_packed_prefill_with_shared_prefix_matches_solo_runs(engine):
+    """Prompts arriving together are prefilled as one packed sequence, their shared
+    prefix (here a few-shot system message) once: outputs equal one-at-a-time runs."""
+    system = {"role": "system", "content": "Answer briefly. Examples: 2+2 is 4. "
+              "The sky is blue. Paris is in France. Water boils at 100 C."}
+    prompts = [list(engine.tokenizer.encode_prompt([system, {"role": "user", "content": q}]))
+               for q in QUESTIONS[:3]]
+    prompts.append(prompts[0])  # a second sample of the same prompt (n > 1)
+    options = [SamplingOptions(max_new_tokens=16, min_new_tokens=16),
+               SamplingOptions(max_new_tokens=16, min_new_tokens=16),
+               SamplingOptions(temperature=0.8, seed=3, max_new_tokens=16),
+               SamplingOptions(temperature=0.8, seed=4, max_new_tokens=16)]
+    alone = [await _run(engine, f"a{i}", p, o)
+             for i, (p, o) in enumerate(zip(prompts, options, strict=True))]
+
+    packs: list[int] = []
+    original = engine._prefill_packed
+
+    def spy(rows, batch_prompts):
+        packs.append(len(batch_prompts))
+        return original(rows, batch_prompts)
+
+    engine._prefill_packed = spy
+    together = await asyncio.gather(*(_run(engine, f"b{i}", p, o) for i, (p, o)
+                                      in enumerate(zip(prompts, options, strict=True))))
+    assert packs == [4]  # all four prefilled in one packed pass
+    from teacher.engines.hf import _MIN_SHARED_PREFIX, _common_prefix
+    assert _common_prefix(prompts) >= _MIN_SHARED_PREFIX  # the shared-prefix layout ran
+    assert list(together) == alone

@@ -14,7 +14,12 @@ for a whole batch to finish.
 Options (``EngineConfig.options``): ``max_batch_size`` (16), ``max_batch_tokens``
 (8192: prompt + new tokens over the batch), ``batch_wait_ms`` (5),
 ``max_score_tokens`` (2048 completion tokens per scoring batch, bounding the
-logits held in memory), ``continuous_batching`` (true; false = static batches).
+logits held in memory), ``continuous_batching`` (true; false = static batches),
+``packed_prefill`` (true: prompts joining together run as one packed sequence
+under a block-diagonal mask, no padding computed), ``prepack_lm_head`` (default
+on for float32 on CPU: the output projection's weight is pre-packed for oneDNN,
+which halves the largest matmul of a batched decoding step; costs one copy of
+that weight).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from teacher.tokenization import PromptTokenizer
 log = logging.getLogger(__name__)
 
 _DONE = object()  # sentinel closing a sequence's output queue
+_MIN_SHARED_PREFIX = 8  # shorter shared prefixes are not worth a special layout
 
 
 @dataclass(eq=False)
@@ -82,6 +88,39 @@ def _cost(seq: _Sequence) -> int:
     return len(seq.request.prompt_ids) + seq.request.sampling.max_new_tokens
 
 
+class _PackedLinear(torch.nn.Module):
+    """A bias-free Linear whose weight is also pre-packed for oneDNN (CPU), used for
+    the few rows of a decoding step. MKL's plain matmul re-packs a [vocab, hidden]
+    weight on every call; at batch 8 that makes the output projection a third of a
+    step. Measured on 2 AVX2 cores, 0.5B model: 89 -> 49 ms per step at batch 8,
+    33 -> 19 ms at batch 1. Many rows (scoring) are compute-bound: the plain weight."""
+
+    packed_rows = 64
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.weight = linear.weight  # shared, not copied (tied to the embeddings)
+        self.out_features = linear.out_features
+        self.packed = linear.weight.detach().to_mkldnn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        if flat.shape[0] > self.packed_rows:
+            return torch.nn.functional.linear(x, self.weight)
+        y = torch._C._nn.mkldnn_linear(flat.contiguous().to_mkldnn(), self.packed, None)
+        return y.to_dense().reshape(*x.shape[:-1], self.out_features)
+
+
+def _prepack_lm_head(model: torch.nn.Module) -> bool:
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return False
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch._C._nn, "mkldnn_linear")):
+        return False
+    model.set_output_embeddings(_PackedLinear(head))
+    return True
+
+
 @dataclass(eq=False)
 class _Running:
     """The batch being decoded: its rows, their KV cache (left-padded to one length),
@@ -95,9 +134,11 @@ class _Running:
     @property
     def can_merge(self) -> bool:
         """Only plain per-layer key/value caches can be padded and concatenated."""
+        from transformers.cache_utils import DynamicLayer
+
         layers = getattr(self.cache, "layers", None)
         return bool(layers) and all(
-            type(layer).__name__ == "DynamicLayer" and not layer.is_sliding for layer in layers
+            isinstance(layer, DynamicLayer) and not layer.is_sliding for layer in layers
         )
 
     def tokens(self) -> int:
@@ -175,8 +216,12 @@ class HFEngine:
         self.batch_wait_s = float(opts.get("batch_wait_ms", 5)) / 1000
         self.max_score_tokens = int(opts.get("max_score_tokens", 2048))
         self.continuous = bool(opts.get("continuous_batching", True))
+        self.packed_prefill = bool(opts.get("packed_prefill", True))
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
+        self.prepack = bool(
+            opts.get("prepack_lm_head", self.device == "cpu" and self.dtype == torch.float32)
+        )
         # One worker thread: the model is used by one batch at a time.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
         # Waiting work, shared with the worker thread (which admits sequences into
@@ -208,6 +253,17 @@ class HFEngine:
         self.tokenizer = PromptTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
         self.model = model.to(self.device).eval()
+        if self.prepack and not _prepack_lm_head(self.model):
+            log.info("prepack_lm_head: not applicable to this model; left as is")
+        cfg = model.config
+        # Packed prefill needs a custom 4D mask (sdpa/eager) and full attention in
+        # every layer (its cache is re-laid out per sequence afterwards).
+        layer_types = getattr(cfg, "layer_types", None) or ["full_attention"]
+        self.packed_prefill = (
+            self.packed_prefill
+            and cfg._attn_implementation in ("sdpa", "eager")
+            and all(t == "full_attention" for t in layer_types)
+        )
         hf_tok = self.tokenizer.hf
         self.pad_id = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else 0
         eos = set()
@@ -220,7 +276,6 @@ class HFEngine:
         if gen_eos is not None:
             eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.eos_ids = frozenset(eos)
-        cfg = model.config
         context = getattr(cfg, "max_position_embeddings", None) or self.config.max_model_len
         self._info = ModelInfo(
             name=self.config.name or Path(path).name,
@@ -411,18 +466,70 @@ class HFEngine:
             g = torch.Generator(device=self.device)
             g.manual_seed(s.request.sampling.seed)
             rows.append(_Row(s, g))
-        input_ids, attention = self._left_pad([list(s.request.prompt_ids) for s in seqs])
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        running = _Running(rows, out.past_key_values, attention, positions[:, -1])
-        running.keep(self._sample_rows(rows, out.logits[:, -1, :].float()))
+        prompts = [list(s.request.prompt_ids) for s in seqs]
+        if self.packed_prefill and len(seqs) > 1:
+            running, logits = self._prefill_packed(rows, prompts)
+        else:
+            input_ids, attention = self._left_pad(prompts)
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            running = _Running(rows, out.past_key_values, attention, positions[:, -1])
+            logits = out.logits[:, -1, :]
+        running.keep(self._sample_rows(rows, logits.float()))
         return running
+
+    def _prefill_packed(
+        self, rows: list[_Row], prompts: list[list[int]]
+    ) -> tuple[_Running, torch.Tensor]:
+        """All prompts as one sequence, each attending only to itself (block-diagonal
+        causal mask, positions restarting per prompt), so no compute goes to padding;
+        a prefix they all share (a system prompt, few-shot examples) is computed once.
+        The cache is then laid out one left-padded row per prompt, as decoding expects."""
+        shared = _common_prefix(prompts)
+        if shared < _MIN_SHARED_PREFIX:
+            shared = 0
+        suffixes = [p[shared:] for p in prompts]
+        lengths = torch.tensor([len(t) for t in suffixes])
+        ends = shared + lengths.cumsum(0)  # each suffix's end in the packed sequence
+        # Segment -1 is the shared prefix, which every prompt attends to.
+        own = torch.repeat_interleave(torch.arange(len(prompts)), lengths)
+        segment = torch.cat([torch.full((shared,), -1), own])
+        positions = torch.cat(
+            [torch.arange(shared)] + [torch.arange(shared, shared + len(t)) for t in suffixes]
+        )
+        total = int(ends[-1])
+        mask = torch.ones(total, total, dtype=torch.bool).tril_()
+        mask &= (segment[:, None] == segment[None, :]) | (segment[None, :] == -1)
+        tokens = prompts[0][:shared] + [t for suffix in suffixes for t in suffix]
+        out = self.model(
+            input_ids=torch.tensor(tokens).unsqueeze(0).to(self.device),
+            attention_mask=mask[None, None].to(self.device),
+            position_ids=positions.unsqueeze(0).to(self.device),
+            use_cache=True,
+            logits_to_keep=(ends - 1).to(self.device),  # each prompt's last position
+        )
+        cache = out.past_key_values
+        full = [shared + len(t) for t in suffixes]
+        width = max(full)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
+        for row, n in enumerate(full):
+            attention[row, width - n :] = 1
+        for layer in cache.layers:
+            for name in ("keys", "values"):
+                packed = getattr(layer, name)  # [1, heads, total, dim]
+                laid = packed.new_zeros((len(prompts), packed.shape[1], width, packed.shape[3]))
+                for row, (end, n) in enumerate(zip(ends.tolist(), lengths.tolist(), strict=True)):
+                    laid[row, :, width - n - shared : width - n] = packed[0, :, :shared]
+                    laid[row, :, width - n :] = packed[0, :, end - n : end]
+                setattr(layer, name, laid)
+        last = torch.tensor(full, device=self.device) - 1
+        return _Running(rows, cache, attention, last), out.logits[0]
 
     def _sample_rows(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
         """Sample each row's next token and emit it; the rows that go on."""
@@ -517,6 +624,16 @@ class HFEngine:
             ids[row, width - len(s) :] = torch.tensor(s, dtype=torch.long)
             mask[row, width - len(s) :] = 1
         return ids.to(self.device), mask.to(self.device)
+
+
+def _common_prefix(prompts: list[list[int]]) -> int:
+    """Tokens every prompt starts with, leaving each at least one of its own (whose
+    logits give that prompt's first sampled token)."""
+    limit = min(len(p) for p in prompts) - 1
+    n = 0
+    while n < limit and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return n
 
 
 def _chunks_by_budget(items: Sequence[ScoreInput], budget: int):
