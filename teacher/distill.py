@@ -184,10 +184,10 @@ async def distill_example(
     tpl = _generation_template(task, mode, options.template)
     if mode == "rewrite":
         shown = reference
-        body, mark, _ = reference.rpartition("####")
-        if tpl.reference_answer_line and mark:
+        body = task.rationale(reference)
+        if tpl.reference_answer_line and body is not None:
             answer = tpl.reference_answer_line.format(answer=base["target"])
-            shown = f"{body.rstrip()}\n{answer}".lstrip()
+            shown = f"{body}\n{answer}".lstrip()
         gen_prompt = tpl.render(question=example.question, reference=shown)
         stop, max_new, prompt_key = tpl.stop, tpl.max_new_tokens, tpl.key
     else:

@@ -913,6 +913,11 @@ class Task(ABC):
         stated the way the task's zero-shot prompt asks); unchanged by default."""
         return text
 
+    def rationale(self, response: str) -> str | None:
+        """A training response without its final-answer line; None when it has no
+        such line (then there is nothing to restate in other words)."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
@@ -1003,6 +1008,10 @@ class Gsm8kTask(Task):
         number = normalize_number(match.group("n")) or match.group("n").rstrip(".")
         rationale = text[: match.start()].rstrip()
         return f"{rationale}\n#### {number}" if rationale else f"#### {number}"
+
+    def rationale(self, response: str) -> str | None:
+        body, sep, _ = response.rpartition("####")
+        return body.rstrip() if sep else None
 
     def reference_response(self, example: Example) -> str:
         """The human rationale without calculator annotations, ending ``#### <target>``."""

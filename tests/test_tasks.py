@@ -579,3 +579,11 @@ def test_gsm8k_training_response_uses_the_zero_shot_answer_line():
     assert task.training_response("I am not sure.") == "I am not sure."
     assert get_task("bbh/navigate").training_response("So the answer is Yes.") == \
         "So the answer is Yes."
+
+
+def test_rationale_is_the_response_without_its_answer_line():
+    task = get_task("gsm8k")
+    assert task.rationale("12 * 2 = 24\n#### 24") == "12 * 2 = 24"
+    assert task.rationale("#### 24") == ""
+    assert task.rationale("no answer line") is None
+    assert get_task("bbh/navigate").rationale("So the answer is Yes.") is None
