@@ -106,6 +106,8 @@ def arm_plain(args: argparse.Namespace, model_path: Path, *, lora: bool) -> dict
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     loaded_rss = peak_rss_mb()
+    if args.gradient_checkpointing:  # keep layer inputs only, recompute the rest
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora:
         model = get_peft_model(model, LoraConfig(**lora_settings()))
     model.train()
@@ -176,7 +178,8 @@ def arm_job(args: argparse.Namespace, model_path: Path) -> dict[str, Any]:
         f"sft.max_steps={args.steps + 1}", f"sft.per_device_train_batch_size={args.batch_size}",
         "sft.gradient_accumulation_steps=1", f"sft.max_length={args.max_length}",
         "sft.save_strategy=no", "sft.train_sampling_strategy=sequential",
-        "sft.dataloader_pin_memory=false", "early_stopping_patience=null"]
+        "sft.dataloader_pin_memory=false", "early_stopping_patience=null",
+        f"sft.gradient_checkpointing={str(args.gradient_checkpointing).lower()}"]
         + ([f"data_dir={args.data_dir}"] if args.data_dir else []))
     with tempfile.TemporaryDirectory() as tmp:
         run = train(cfg, Path(tmp) / "run", callbacks=[_callback(timer)])
@@ -248,6 +251,8 @@ def main() -> int:
     parser.add_argument("--full-ft-steps", type=int, default=None,
                         help="default: --steps, so full fine-tuning sees the same batches")
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="job, plain and full_ft arms recompute activations (less memory)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--arms", default=",".join(ARMS), help=f"subset of {ARMS}")
     parser.add_argument("--out", type=Path,
@@ -276,6 +281,8 @@ def main() -> int:
                "--max-length", str(args.max_length)]
         if args.full_ft_steps is not None:
             cmd += ["--full-ft-steps", str(args.full_ft_steps)]
+        if args.gradient_checkpointing:
+            cmd.append("--gradient-checkpointing")
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
         print(f"running {arm} ...", file=sys.stderr, flush=True)
@@ -291,7 +298,9 @@ def main() -> int:
     summary = summarize(results, model_path)
     report = {"model": args.model, "model_path": str(model_path), "examples": args.examples,
               "batch_size": args.batch_size, "max_length": args.max_length,
-              "precision": "fp32", "device": "cpu", "platform": platform.platform(),
+              "precision": "fp32", "device": "cpu",
+              "gradient_checkpointing": args.gradient_checkpointing,
+              "platform": platform.platform(),
               "processor": platform.processor(), "arms": results, "summary": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
