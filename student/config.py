@@ -4,9 +4,9 @@ TRL's ``SFTConfig`` settings (``sft``) and peft's ``LoraConfig`` settings (``lor
 pass through as plain mappings, merged key by key over the defaults below, so every
 option those libraries have is available without being re-declared here. The
 defaults follow the small-data fine-tuning advice: LoRA r 16 / alpha 32 / dropout
-0.05 on the attention projections (0.44% of Qwen2.5-0.5B's weights;
-``lora.target_modules=all-linear`` adds the MLPs: 1.75%, more capacity and more
-forgetting), warmup, weight decay 0.01, gradient clipping 1.0, small batches with
+0.05 on the attention projections (0.34% of Qwen2.5-Coder-0.5B's parameters,
+measured; ``lora.target_modules=all-linear`` adds the MLPs: 1.38%, more capacity
+and more forgetting), warmup, weight decay 0.01, gradient clipping 1.0, small batches with
 gradient accumulation, evaluation each epoch, early stopping on validation loss
 (patience 2) and the best checkpoint loaded at the end.
 """

@@ -99,7 +99,7 @@ class _PackedLinear(torch.nn.Module):
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()
-        self.weight = linear.weight  # shared, not copied (tied to the embeddings)
+        self.weight = linear.weight  # the model's own (tied or not), for many-row calls
         self.out_features = linear.out_features
         self.packed = linear.weight.detach().to_mkldnn()
 
@@ -514,21 +514,23 @@ class HFEngine:
             use_cache=True,
             logits_to_keep=(ends - 1).to(self.device),  # each prompt's last position
         )
+        # Where each row's cache column comes from in the packed sequence: the shared
+        # prefix, then the row's own suffix, right-aligned; left padding reads
+        # position 0 and is masked out.
+        full = torch.tensor([shared + len(t) for t in suffixes])
+        width = int(full.max())
+        source = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, (end, n) in enumerate(zip(ends.tolist(), lengths.tolist(), strict=True)):
+            source[row, width - n - shared : width - n] = torch.arange(shared)
+            source[row, width - n :] = torch.arange(end - n, end)
+        source = source.to(self.device)
         cache = out.past_key_values
-        full = [shared + len(t) for t in suffixes]
-        width = max(full)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
-        for row, n in enumerate(full):
-            attention[row, width - n :] = 1
-        for layer in cache.layers:
-            for name in ("keys", "values"):
-                packed = getattr(layer, name)  # [1, heads, total, dim]
-                laid = packed.new_zeros((len(prompts), packed.shape[1], width, packed.shape[3]))
-                for row, (end, n) in enumerate(zip(ends.tolist(), lengths.tolist(), strict=True)):
-                    laid[row, :, width - n - shared : width - n] = packed[0, :, :shared]
-                    laid[row, :, width - n :] = packed[0, :, end - n : end]
-                setattr(layer, name, laid)
-        last = torch.tensor(full, device=self.device) - 1
+        for layer in cache.layers:  # [1, heads, total, dim] -> [rows, heads, width, dim]
+            layer.keys = layer.keys[0][:, source].transpose(0, 1).contiguous()
+            layer.values = layer.values[0][:, source].transpose(0, 1).contiguous()
+        columns = torch.arange(width)
+        attention = (columns >= width - full[:, None]).long().to(self.device)
+        last = (full - 1).to(self.device)
         return _Running(rows, cache, attention, last), out.logits[0]
 
     def _sample_rows(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
