@@ -210,12 +210,19 @@ def _student_trainer_class() -> type:
     """SFTTrainer plus the answer/rationale-weighted loss (imported lazily: TRL is heavy)."""
     from trl import SFTTrainer
 
+    from student.frozen_head import use_frozen_head
+
     class StudentTrainer(SFTTrainer):
         """``rationale_weight`` w: loss = w * mean NLL(answer) + (1 - w) * mean NLL(rationale)."""
 
         def __init__(self, *args: Any, rationale_weight: float | None = None, **kwargs: Any):
             self.rationale_weight = rationale_weight
             super().__init__(*args, **kwargs)
+            # TRL patched the model for fused_lm_head=True; off GPU, with the head frozen,
+            # our kernel does that job with one matmul less and only labelled tokens.
+            self.frozen_head_kernel = use_frozen_head(
+                self.model.get_base_model() if hasattr(self.model, "get_base_model")
+                else self.model)
             if rationale_weight is not None:
                 # Our loss is a per-micro-batch mean: let the Trainer divide it by the
                 # accumulation steps, as for a loss not normalised by num_items_in_batch.
@@ -615,6 +622,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
             "total_params": int(total),
             "trainable_share": trainable / total if total else math.nan,
             "adapter_size_mb": dir_size_mb_weights(out / ADAPTER),
+            # which kernel computed the loss's output projection (student/frozen_head.py)
+            "lm_head_loss": "frozen_head" if trainer.frozen_head_kernel else "trl_fused",
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "completed": True,
         })

@@ -31,3 +31,23 @@ def test_model_dir() -> Path:
     from teacher import models
 
     return Path(models.resolve(models.TEST_MODEL))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, test_model_dir) -> Path:
+    """A 2-layer Llama (hidden 64) with the smollm2 tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = AutoTokenizer.from_pretrained(test_model_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=True, initializer_range=0.1,  # sharp enough logits to overfit fast
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -30,26 +30,6 @@ FAST = ["sft.per_device_train_batch_size=2", "sft.per_device_eval_batch_size=2",
         "sft.lr_scheduler_type=constant", "sft.max_length=128", "early_stopping_patience=null"]
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, test_model_dir) -> Path:
-    """A 2-layer Llama (hidden 64) with the smollm2 tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = AutoTokenizer.from_pretrained(test_model_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        tie_word_embeddings=True, initializer_range=0.1,  # sharp enough logits to overfit fast
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 @pytest.fixture()
 def records(tmp_path) -> Path:
     return write_records(tmp_path / "teacher", [record(i) for i in range(6)])
@@ -89,6 +69,7 @@ def test_tiny_model_overfits_and_writes_the_run_directory(tiny_model, records, t
     assert (m["num_train_examples"], m["num_val_examples"]) == (4, 2)
     assert m["precision"] == "fp32" and m["config"]["lora"]["r"] == 16
     assert 0 < m["trainable_share"] < 1 and m["tokens_per_s"] > 0
+    assert m["lm_head_loss"] == "frozen_head"  # LoRA on CPU: student/frozen_head.py
 
     train_rows = [json.loads(x) for x in (run / "train_examples.jsonl").read_text().splitlines()]
     val_rows = [json.loads(x) for x in (run / "val_examples.jsonl").read_text().splitlines()]
