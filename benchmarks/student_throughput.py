@@ -7,6 +7,8 @@ GSM8K ground-truth examples, batches (same order), sequence lengths and precisio
                    never builds the full logits: student/frozen_head.py);
 * ``plain``        a hand-written peft + PyTorch loop on the model's own loss: the floor
                    (target: job within 10%);
+* ``plain_fused``  the plain loop on the job's loss kernel (TRL's fused head, with
+                   student/frozen_head.py over it): the job's own overhead, apart from its loss;
 * ``trl_defaults`` a plain TRL ``SFTTrainer`` script on TRL's defaults (bf16 and
                    gradient checkpointing on: very slow on a CPU without native bf16);
 * ``full_ft``      the plain loop training every weight, its loss through TRL's fused LM
@@ -17,10 +19,15 @@ Training tokens/s counts the non-pad tokens of the timed steps (the first step i
 warm-up and not timed). Also reported: trainable-parameter share, adapter size vs model
 size. Prints a table and writes JSON.
 
-    python benchmarks/student_throughput.py --model qwen2.5-coder-0.5b-instruct --steps 4
+    python benchmarks/student_throughput.py --model qwen2.5-coder-0.5b-instruct --steps 6 \
+        --out benchmarks/results/student_throughput_qwen2.5-coder-0.5b-instruct.json
+    ... --gradient-checkpointing --out ..._checkpointing.json  # memory-lean, both arms
+    ... --batch-size 1 --steps 16 --out ..._batch1.json         # micro-batches of 1
     python benchmarks/student_throughput.py --model smollm2-135m-instruct   # quick
 
-(writes benchmarks/results/student_throughput.json; --out to change)
+(default output benchmarks/results/student_throughput.json; --out to change). The memory
+ratio depends on the activations, the same in both arms: at batch 4 x ~400 positions
+without checkpointing they outweigh the optimizer state LoRA saves (README's table).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-ARMS = ("job", "plain", "trl_defaults", "full_ft")
+ARMS = ("job", "plain", "plain_fused", "trl_defaults", "full_ft")
 TARGET_JOB_VS_PLAIN = 0.90  # the job keeps at least 90% of the plain loop's tokens/s
 TARGET_MEMORY_RATIO = 2.0  # full fine-tuning peak / LoRA peak
 
@@ -100,7 +107,8 @@ def lora_settings() -> dict[str, Any]:
 # ---------------------------------------------------------------- arms
 
 
-def arm_plain(args: argparse.Namespace, model_path: Path, *, lora: bool) -> dict[str, Any]:
+def arm_plain(args: argparse.Namespace, model_path: Path, *, lora: bool,
+              fused: bool = False) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -111,12 +119,17 @@ def arm_plain(args: argparse.Namespace, model_path: Path, *, lora: bool) -> dict
     loaded_rss = peak_rss_mb()
     if args.gradient_checkpointing:  # keep layer inputs only, recompute the rest
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if not lora:  # the full logits would add GBs (vocab 151,936) that LoRA does not cause
+    fused = fused or not lora  # full FT: the full logits would add GBs LoRA does not cause
+    if fused:
         from trl.trainer.utils import add_fused_lm_head
 
-        add_fused_lm_head(model)
+        add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # as TRL's SFT
     if lora:
         model = get_peft_model(model, LoraConfig(**lora_settings()))
+        if fused:
+            from student.frozen_head import use_frozen_head
+
+            use_frozen_head(model.get_base_model())
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.01)
@@ -125,7 +138,7 @@ def arm_plain(args: argparse.Namespace, model_path: Path, *, lora: bool) -> dict
     times, tokens = [], []
     for batch, n_tokens in batches(rows, args.batch_size, steps + 1, tokenizer.pad_token_id):
         start = time.perf_counter()
-        loss = model(**batch, **({} if lora else {"fused_lm_head": True})).loss
+        loss = model(**batch, **({"fused_lm_head": True} if fused else {})).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -235,6 +248,8 @@ def run_arm(args: argparse.Namespace) -> dict[str, Any]:
         return arm_job(args, model_path)
     if args.arm == "plain":
         return arm_plain(args, model_path, lora=True)
+    if args.arm == "plain_fused":
+        return arm_plain(args, model_path, lora=True, fused=True)
     if args.arm == "full_ft":
         return arm_plain(args, model_path, lora=False)
     return arm_trl_defaults(args, model_path)
@@ -322,6 +337,9 @@ def summarize(results: dict[str, Any], model_path: Path) -> dict[str, Any]:
     if job and plain:
         s["job_vs_plain"] = round(job["tokens_per_s"] / plain["tokens_per_s"], 3)
         s["job_within_10pct_of_plain"] = s["job_vs_plain"] >= TARGET_JOB_VS_PLAIN
+    if job and results.get("plain_fused"):
+        s["job_vs_plain_fused"] = round(
+            job["tokens_per_s"] / results["plain_fused"]["tokens_per_s"], 3)
     if results.get("trl_defaults") and plain:
         s["plain_vs_trl_defaults"] = round(
             plain["tokens_per_s"] / results["trl_defaults"]["tokens_per_s"], 2)

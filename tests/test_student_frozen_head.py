@@ -78,6 +78,12 @@ def test_installed_on_a_lora_model_it_matches_the_models_own_loss(tiny_model):
     assert set(got) == set(want) and len(got) == 8  # A and B of q, v in 2 layers
     for name in want:
         assert torch.allclose(got[name], want[name], atol=1e-5, rtol=1e-4), name
+    # A micro-batch without a single label: a zero loss that still backpropagates.
+    model.zero_grad()
+    empty = model(input_ids=ids, attention_mask=mask, labels=torch.full_like(ids, -100),
+                  fused_lm_head=True)
+    empty.loss.backward()
+    assert empty.loss.item() == 0.0 and not empty.label_mask.any()
     # Generation and plain calls still take the original path.
     with torch.no_grad():
         logits = model(input_ids=ids[:1]).logits

@@ -266,6 +266,19 @@ def test_bad_inputs_give_clear_errors(test_model_dir, records, tmp_path, capsys)
     assert (tmp_path / "other" / "notes.txt").is_file()
 
 
+def test_precision_and_checkpointing_follow_the_device(tmp_path):
+    from student.trainer import sft_arguments
+
+    cfg = load_train_config(None, [])
+    cpu = sft_arguments(cfg, tmp_path, has_val=True, precision="fp32", device="cpu")
+    assert (cpu.bf16, cpu.gradient_checkpointing, cpu.use_cpu) == (False, False, True)
+    cuda = sft_arguments(cfg, tmp_path, has_val=True, precision="fp32", device="cuda")
+    assert cuda.gradient_checkpointing and not cuda.use_cpu  # TRL's default on GPUs
+    forced = sft_arguments(load_train_config(None, ["sft.gradient_checkpointing=true"]),
+                           tmp_path, has_val=True, precision="fp32", device="cpu")
+    assert forced.gradient_checkpointing
+
+
 def test_help():
     proc = subprocess.run([sys.executable, "-m", "student.cli", "train", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
