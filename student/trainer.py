@@ -172,10 +172,10 @@ def sft_arguments(cfg: TrainConfig, out: Path, *, has_val: bool, precision: str,
                   device: str = "cpu") -> Any:
     from trl import SFTConfig
 
-    # TRL defaults to bf16 and gradient checkpointing everywhere: ~20x slower on a CPU
-    # without native bf16. Both follow the device; the config's sft mapping may override.
-    # Checkpointing stays on for CUDA (memory is what a GPU lacks) and is off on CPU, where
-    # it costs ~8% of the speed (benchmarks/student_throughput.py --gradient-checkpointing).
+    # TRL defaults to bf16 and gradient checkpointing everywhere: 55x slower on this CPU
+    # without native bf16 (the 0.5B, benchmarks/student_throughput.py). Both follow the
+    # device; the config's sft mapping may override. Checkpointing stays on for CUDA (memory
+    # is what a GPU lacks) and is off on CPU, where it costs 15-28% of the speed.
     kwargs: dict[str, Any] = {"bf16": precision == "bf16", "fp16": False,
                               "gradient_checkpointing": device == "cuda",
                               # every LoRA parameter takes part in each forward
