@@ -119,7 +119,6 @@ def arm_plain(args: argparse.Namespace, model_path: Path, *, lora: bool,
     loaded_rss = peak_rss_mb()
     if args.gradient_checkpointing:  # keep layer inputs only, recompute the rest
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    fused = fused or not lora  # full FT: the full logits would add GBs LoRA does not cause
     if fused:
         from trl.trainer.utils import add_fused_lm_head
 
@@ -250,8 +249,8 @@ def run_arm(args: argparse.Namespace) -> dict[str, Any]:
         return arm_plain(args, model_path, lora=True)
     if args.arm == "plain_fused":
         return arm_plain(args, model_path, lora=True, fused=True)
-    if args.arm == "full_ft":
-        return arm_plain(args, model_path, lora=False)
+    if args.arm == "full_ft":  # the full logits would add GBs that LoRA does not cause
+        return arm_plain(args, model_path, lora=False, fused=True)
     return arm_trl_defaults(args, model_path)
 
 

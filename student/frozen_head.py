@@ -91,7 +91,8 @@ def _sharded(weight: torch.Tensor) -> bool:
 
 
 def applies_to(model: Any) -> bool:
-    """Whether ``model``'s head is frozen, plain (no logit transforms) and off Triton."""
+    """Whether ``model``'s head is frozen, plain (no logit transforms, no MoE router
+    loss) and off Triton."""
     from transformers.utils import is_triton_available
 
     head = model.get_output_embeddings()
@@ -103,6 +104,8 @@ def applies_to(model: Any) -> bool:
     if weight.device.type in ("cuda", "xpu") and is_triton_available():
         return False  # TRL's Triton kernels
     text_config = model.config.get_text_config()
+    if getattr(text_config, "output_router_logits", False):
+        return False  # MoE: TRL adds the router's load-balancing loss
     return not any(getattr(text_config, name, None) not in (None, 1.0)
                    for name in _LOGIT_TRANSFORMS)
 
@@ -125,8 +128,7 @@ def use_frozen_head(model: Any) -> bool:
         head = self.get_output_embeddings()
         if (not fused_lm_head or shift_labels is not None or labels is None
                 or head.weight.requires_grad or _sharded(head.weight)
-                or kwargs.get("output_router_logits")
-                or getattr(self.config.get_text_config(), "output_router_logits", False)):
+                or kwargs.get("output_router_logits")):
             return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels,
                                shift_labels=shift_labels, num_items_in_batch=num_items_in_batch,
                                **kwargs)

@@ -1015,8 +1015,8 @@ class Gsm8kTask(Task):
 
     def reference_response(self, example: Example) -> str:
         """The human rationale without calculator annotations, ending ``#### <target>``."""
-        body, sep, _ = example.answer.rpartition("####")
-        if not sep:
+        body = self.rationale(example.answer)
+        if body is None:
             raise ValueError(f"{example.id}: reference answer has no '####' line")
         lines = [line.rstrip() for line in _CALC_ANNOTATION.sub("", body).splitlines()]
         rationale = "\n".join(lines).strip()
