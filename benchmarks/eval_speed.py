@@ -27,7 +27,7 @@ TARGET_SPEEDUP = 3.0
 async def _one_at_a_time(service: Any, prompts: list[Any], max_new: int,
                          stop: tuple[str, ...]) -> list[str]:
     from eval.loading import MODEL_NAME
-    from teacher.service import GenerationParams, SampleResult
+    from teacher.serving.service import GenerationParams, SampleResult
 
     params = GenerationParams(temperature=0.0, seed=0, max_new_tokens=max_new, stop=stop)
     outputs = []
@@ -42,9 +42,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     from eval.loading import EngineSettings, serve
     from eval.metrics import score_bbh, score_gsm8k
     from eval.runner import _generate
-    from teacher.models import resolve
-    from teacher.tasks import get_task
-    from teacher.templates import get_template
+    from teacher.core.models import resolve
+    from teacher.core.tasks import get_task
+    from teacher.core.templates import get_template
 
     gsm8k = get_task("gsm8k")
     tpl = get_template(args.gsm8k_template)

@@ -240,7 +240,7 @@ def arm_trl_defaults(args: argparse.Namespace, model_path: Path) -> dict[str, An
 
 
 def run_arm(args: argparse.Namespace) -> dict[str, Any]:
-    from teacher import models
+    from teacher.core import models
 
     model_path = Path(models.resolve(args.model))
     if args.arm == "job":
@@ -285,7 +285,7 @@ def main() -> int:
         print(json.dumps(run_arm(args)))
         return 0
 
-    from teacher import models
+    from teacher.core import models
 
     model_path = Path(models.resolve(args.model))
     results: dict[str, Any] = {}

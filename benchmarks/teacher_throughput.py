@@ -33,7 +33,7 @@ TARGET_CONCURRENCY = 8
 
 
 def gsm8k_prompts(n: int, data_dir: str | None) -> tuple[list[list[dict]], list[str]]:
-    from teacher.tasks import get_task
+    from teacher.core.tasks import get_task
 
     task = get_task("gsm8k")
     examples = task.load("train", data_dir=data_dir, limit=n)
@@ -118,10 +118,16 @@ def requests_for(concurrency: int, args) -> int:
 
 
 async def bench_engine(engine_name: str, model_dir: str, prompts, references, args) -> list[dict]:
-    from teacher.client import TeacherClient
-    from teacher.engine import EngineConfig, load_engine
-    from teacher.server import ServerConfig, TeacherServer
-    from teacher.service import GenerationParams, Limits, ModelHost, ScoreItem, TeacherService
+    from teacher.serving.client import TeacherClient
+    from teacher.serving.engine import EngineConfig, load_engine
+    from teacher.serving.server import ServerConfig, TeacherServer
+    from teacher.serving.service import (
+        GenerationParams,
+        Limits,
+        ModelHost,
+        ScoreItem,
+        TeacherService,
+    )
 
     params = GenerationParams(
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, seed=0
@@ -255,7 +261,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 async def main_async(args) -> None:
-    from teacher import models
+    from teacher.core import models
 
     model_dir = str(models.resolve(args.model))
     prompts, references = gsm8k_prompts(args.prompts, args.data_dir)

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from eval.metrics import UnknownMetricError
     from eval.rundir import RunDirError
     from eval.suite import UnknownSuiteError
-    from teacher.config import ConfigError
+    from teacher.core.config import ConfigError
 
     expected: tuple[type[BaseException], ...] = (
         ConfigError, UnknownMetricError, UnknownSuiteError, RunDirError, FileNotFoundError,
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         from eval.experiment import ExperimentError
         from eval.loading import AdapterMismatchError
         from student.data import StudentError
-        from teacher.tasks import DataFormatError
+        from teacher.core.tasks import DataFormatError
 
         expected += (AdapterMismatchError, CompareError, DataFormatError, ExperimentError,
                      StudentError)

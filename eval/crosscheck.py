@@ -4,7 +4,7 @@ lm-eval reads its datasets from the Hugging Face hub; this writes task YAMLs tha
 ``include`` lm-eval's own ``gsm8k_cot`` and ``wikitext`` definitions (so prompts,
 filters and metrics are lm-eval's) and only swap the dataset for local files:
 GSM8K's ``test.jsonl`` and WikiText-2's test file split into pages with
-:func:`teacher.tasks.wikitext_documents` (what ``EleutherAI/wikitext_document_level``
+:func:`teacher.core.tasks.wikitext_documents` (what ``EleutherAI/wikitext_document_level``
 holds). Used only for the cross-check in ``docs/eval-crosscheck.md``; lm-eval is not
 a dependency of the project.
 
@@ -19,7 +19,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from teacher.tasks import default_data_dir, wikitext_documents
+from teacher.core.tasks import default_data_dir, wikitext_documents
 
 
 def _lm_eval_tasks_dir() -> Path:

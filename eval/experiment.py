@@ -4,7 +4,7 @@ One YAML config names the teacher, the student, the task, the arms, the shared
 training settings and the eval suite; the experiment then runs four stages:
 
 1. **generate** — each teacher arm's data (``trace``, ``rewrite``, ``best_of_n``)
-   with the resumable data job (:mod:`teacher.generate_job`), through a teacher
+   with the resumable data job (:mod:`teacher.distill.job`), through a teacher
    at an address or one started in-process on a free port;
 2. **train** — one LoRA student per arm and seed (:func:`student.train`), with
    the same settings for every arm: only the data differ;
@@ -50,8 +50,15 @@ from typing import Any
 
 import yaml
 
-from teacher.config import ConfigError, deep_merge, from_dict, load_config, parse_overrides, to_dict
-from teacher.models import DEFAULT_STUDENT, DEFAULT_TEACHER
+from teacher.core.config import (
+    ConfigError,
+    deep_merge,
+    from_dict,
+    load_config,
+    parse_overrides,
+    to_dict,
+)
+from teacher.core.models import DEFAULT_STUDENT, DEFAULT_TEACHER
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +199,7 @@ def served_models(config: ExperimentConfig) -> dict[str, str]:
 
 
 def _data_job(config: ExperimentConfig, arm: ArmSettings) -> DataJob:
-    from teacher.generate_job import GenerateConfig
+    from teacher.distill.job import GenerateConfig
 
     known = {f.name for f in dataclasses.fields(GenerateConfig)}
     fixed = {"task", "split", "mode", "out", "model", "scorer_model", "limit", "data_dir",
@@ -242,7 +249,7 @@ def _train_config(config: ExperimentConfig, plan_data_dir: Path | None, out: Pat
 
 def plan(config: ExperimentConfig, out: Path) -> Plan:
     """Every data job and run the config asks for (raises ConfigError naming the key)."""
-    from teacher.tasks import default_data_dir, get_task
+    from teacher.core.tasks import default_data_dir, get_task
 
     if config.examples < 1:
         raise ConfigError(f"examples: must be >= 1, got {config.examples}")
@@ -271,7 +278,7 @@ def plan(config: ExperimentConfig, out: Path) -> Plan:
                     if model not in served:
                         raise ConfigError(
                             f"arms.{name}.{role}: {model!r} is not a teacher model "
-                            f"(teacher.models and the student serve: {', '.join(served)})")
+                            f"(teacher.core.models and the student serve: {', '.join(served)})")
             job = _data_job(config, arm)
             jobs.setdefault(job.key, job)
         shares = arm.subset or [None]
@@ -369,7 +376,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _job_config(plan_: Plan, job: DataJob, out: Path, progress: bool) -> Any:
-    from teacher.generate_job import GenerateConfig
+    from teacher.distill.job import GenerateConfig
 
     c = plan_.config
     return GenerateConfig(task=c.task, split="train", mode=job.mode, out=out / "data" / job.key,
@@ -379,7 +386,7 @@ def _job_config(plan_: Plan, job: DataJob, out: Path, progress: bool) -> Any:
 
 def data_job_done(config: Any) -> bool:
     """Every example has its record and the summary is written (nothing to generate)."""
-    from teacher.generate_job import SUMMARY_FILE, load_done, load_examples
+    from teacher.distill.job import SUMMARY_FILE, load_done, load_examples
 
     if not (config.out / SUMMARY_FILE).is_file():
         return False
@@ -391,9 +398,9 @@ def data_job_done(config: Any) -> bool:
 async def teacher_client(plan_: Plan, needed: set[str]) -> AsyncIterator[Any]:
     """A client for the configured address, or for an in-process server hosting
     ``needed`` (started on a free port and stopped on exit)."""
-    from teacher.client import TeacherClient
-    from teacher.server import ServerConfig, TeacherServer, build_service, parse_model_spec
-    from teacher.service import Limits
+    from teacher.serving.client import TeacherClient
+    from teacher.serving.server import ServerConfig, TeacherServer, build_service, parse_model_spec
+    from teacher.serving.service import Limits
 
     t = plan_.config.teacher
     if t.address:
@@ -401,7 +408,7 @@ async def teacher_client(plan_: Plan, needed: set[str]) -> AsyncIterator[Any]:
         async with TeacherClient(t.address, token=token, timeout_s=None) as client:
             yield client
         return
-    from teacher.engine import default_engine
+    from teacher.serving.engine import default_engine
 
     served = served_models(plan_.config)
     specs = [parse_model_spec(f"{name}={served[name]}") for name in served if name in needed]
@@ -421,7 +428,7 @@ async def check_teacher(plan_: Plan, jobs: Sequence[DataJob]) -> None:
     """An address must answer and serve every model the pending jobs name."""
     import grpc
 
-    from teacher.client import TeacherClient, TeacherUnavailableError
+    from teacher.serving.client import TeacherClient, TeacherUnavailableError
 
     t = plan_.config.teacher
     if not t.address or not jobs:
@@ -446,7 +453,7 @@ async def check_teacher(plan_: Plan, jobs: Sequence[DataJob]) -> None:
 async def stage_generate(plan_: Plan, out: Path, view: LiveView, progress: bool,
                          pending: Sequence[DataJob]) -> None:
     """Run the ``pending`` data jobs (the others were found complete by the caller)."""
-    from teacher.generate_job import run_job
+    from teacher.distill.job import run_job
 
     jobs = list(plan_.data_jobs.values())
     view.stage(1, "generate", len(jobs))
@@ -523,7 +530,7 @@ async def stage_eval(plan_: Plan, out: Path, view: LiveView, progress: bool) -> 
         else:
             pending.append((run, run_dir, results_dir, unit))
     if len(pending) > 1:  # every arm's base-model items from one base engine
-        from teacher.models import resolve
+        from teacher.core.models import resolve
 
         suite = fit_context(load_suite(c.eval.suite, c.eval.overrides))
         view.say(f"  eval ▸ base model items of {len(pending)} runs")
@@ -577,8 +584,8 @@ def stage_compare(results: Sequence[Path], out: Path, view: LiveView) -> dict[st
 def preflight(config: ExperimentConfig, out: Path) -> Plan:
     """Check everything that can be checked before any work; the plan."""
     from eval.suite import load_suite
-    from teacher import models
-    from teacher.tasks import get_task
+    from teacher.core import models
+    from teacher.core.tasks import get_task
 
     plan_ = plan(config, out)
     load_suite(config.eval.suite, config.eval.overrides)  # unknown suite / keys
@@ -609,7 +616,7 @@ def run_experiment(config: ExperimentConfig, out: Path, *, progress: bool = True
 
 
 async def _run(plan_: Plan, out: Path, *, progress: bool, quiet: bool) -> dict[str, Any]:
-    from teacher.generate_job import JobError
+    from teacher.distill.job import JobError
 
     config = plan_.config
     pending = [job for job in plan_.data_jobs.values()

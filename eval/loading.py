@@ -3,7 +3,7 @@
 The adapter is merged into the base weights with peft (``merge_and_unload``) and
 saved to a temporary directory, which any teacher engine (transformers or vLLM)
 then serves like a plain checkpoint; the model is driven through
-:class:`teacher.service.TeacherService` in-process, so generation and scoring are
+:class:`teacher.serving.service.TeacherService` in-process, so generation and scoring are
 batched exactly as the teacher batches them. Before merging, every LoRA weight is
 checked against the base model's module of the same name, so an adapter trained on
 another model fails with a message saying which module and shape do not fit.
@@ -113,8 +113,8 @@ async def serve(
     base_path: Path, adapter_dir: Path | None, engine: EngineSettings
 ) -> AsyncIterator[Any]:
     """A started TeacherService hosting the model (merged when an adapter is given)."""
-    from teacher.engine import EngineConfig, load_engine
-    from teacher.service import Limits, ModelHost, TeacherService
+    from teacher.serving.engine import EngineConfig, load_engine
+    from teacher.serving.service import Limits, ModelHost, TeacherService
 
     with contextlib.ExitStack() as stack:
         path = base_path

@@ -35,7 +35,7 @@ from typing import Any
 
 from eval.memorization import SETTINGS
 from eval.perplexity import bits_per_byte, weighted_perplexity
-from teacher.tasks import (
+from teacher.core.tasks import (
     BBH_COT_FEWSHOT_METRIC,
     BBH_SUBTASKS,
     GSM8K_METRIC,
@@ -47,7 +47,7 @@ from teacher.tasks import (
     gsm8k_flexible_extract,
     gsm8k_strict_match,
 )
-from teacher.templates import Template
+from teacher.core.templates import Template
 
 Item = Mapping[str, Any]
 Aggregation = Callable[[Sequence[Item]], float]

@@ -74,7 +74,7 @@ async def document_loglikelihoods(
     Uses the engine's token-level ``score`` (windows are token ids, not text), a few
     windows per call so the engine can batch them.
     """
-    from teacher.engine import ScoreInput
+    from teacher.serving.engine import ScoreInput
 
     tokenizer = engine.tokenizer
     prefix = prefix_token(tokenizer.hf)

@@ -37,8 +37,8 @@ from eval.perplexity import document_loglikelihoods
 from eval.rundir import RunDir, TrainExample, adapter_hash
 from eval.stats import Estimate, bootstrap, combine_mean
 from eval.suite import Suite, fingerprint
-from teacher.tasks import Example, get_task
-from teacher.templates import Template, get_template
+from teacher.core.tasks import Example, get_task
+from teacher.core.templates import Template, get_template
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ async def _generate(service: Any, prompts: Sequence[Any], max_new_tokens: int,
     """Greedy outputs, in order. Prompts whose length leaves less room than
     ``max_new_tokens`` get what the context allows (they are grouped by that budget,
     so the rest still go to the engine together)."""
-    from teacher.service import GenerationParams
+    from teacher.serving.service import GenerationParams
 
     context = service.hosts[MODEL_NAME].info.context_length
     budgets = []
@@ -150,7 +150,7 @@ async def _generate(service: Any, prompts: Sequence[Any], max_new_tokens: int,
 
 async def _score(service: Any, pairs: Sequence[tuple[Any, str]]) -> list[tuple[float, int]]:
     """(summed NLL, tokens) of each completion after its prompt."""
-    from teacher.service import ScoreItem
+    from teacher.serving.service import ScoreItem
 
     out: list[tuple[float, int]] = []
     for start in range(0, len(pairs), _CHUNK):
@@ -185,7 +185,7 @@ async def compute_metric(metric: str, service: Any, suite: Suite, data: EvalData
             rows.append({"id": ex.id, "subtask": sub, "output": out, **score_bbh(out, ex)})
         return rows
     if metric == "wikitext":
-        from teacher.tasks import wikitext_units
+        from teacher.core.tasks import wikitext_units
 
         engine = service.hosts[MODEL_NAME].engine
         lls = await document_loglikelihoods(engine, [ex.answer for ex in data.wikitext],
@@ -350,7 +350,7 @@ def fit_context(suite: Suite) -> Suite:
 
 
 def model_identity(base_path: Path, suite: Suite) -> dict[str, Any]:
-    from teacher.models import revision_of
+    from teacher.core.models import revision_of
 
     return {"path": str(base_path), "revision": revision_of(base_path),
             "engine": suite.engine.name, "dtype": suite.engine.dtype}
@@ -374,7 +374,7 @@ async def run_eval(
     the base model's items (an experiment evaluates all its arms' base items in one).
     ``base_only``: only compute and cache the base model's items; nothing is written.
     """
-    from teacher.models import resolve
+    from teacher.core.models import resolve
 
     started = time.perf_counter()
     cache = cache or ResultCache()

@@ -1,7 +1,7 @@
 """Eval suites: which metrics to run, on how many items, with which settings.
 
 Suites are YAML files in ``eval/suites/`` (``smoke``, ``quick``, ``standard``,
-``full``) or any YAML path, loaded with :func:`teacher.config.load_config` so
+``full``) or any YAML path, loaded with :func:`teacher.core.config.load_config` so
 unknown keys fail with a "did you mean" and ``key=value`` overrides work
 (``--set gsm8k.limit=20``).
 """
@@ -20,9 +20,9 @@ from typing import Any
 from eval.loading import EngineSettings
 from eval.memorization import DEFAULT_ROUGE_THRESHOLD, SETTINGS
 from eval.metrics import bbh_subtasks, get_metric
-from teacher.config import ConfigError, load_config, to_dict
-from teacher.engine import available_engines
-from teacher.templates import get_template
+from teacher.core.config import ConfigError, load_config, to_dict
+from teacher.core.templates import get_template
+from teacher.serving.engine import available_engines
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 

@@ -38,9 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported here so that --help stays fast (TRL and torch load in seconds).
     from student.config import load_train_config
     from student.data import StudentError
-    from teacher.config import ConfigError
-    from teacher.records import RecordError
-    from teacher.tasks import DataFormatError
+    from teacher.core.config import ConfigError
+    from teacher.core.records import RecordError
+    from teacher.core.tasks import DataFormatError
 
     try:
         overrides = list(args.overrides)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from teacher.config import ConfigError, load_config
-from teacher.models import DEFAULT_STUDENT
+from teacher.core.config import ConfigError, load_config
+from teacher.core.models import DEFAULT_STUDENT
 
 SOURCES = ("ground_truth", "teacher")
 CURRICULA = ("none", "easy_to_hard")
@@ -86,7 +86,7 @@ class TrainConfig:
 
     model: str = DEFAULT_STUDENT  # catalogue name, local directory or hub id
     data: DataConfig = field(default_factory=DataConfig)
-    data_dir: str | None = None  # benchmark data (default: teacher.tasks.default_data_dir())
+    data_dir: str | None = None  # benchmark data (default: teacher.core.tasks.default_data_dir())
     seed: int = 42
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     early_stopping_patience: int | None = 2  # evaluations without improvement; None: off

@@ -1,9 +1,9 @@
 """Training data for the student: sources, the validation split, subsets, curriculum.
 
 An example is a prompt (chat messages) and the response the student learns to
-produce. It comes from a teacher output directory (``teacher.records``; the
+produce. It comes from a teacher output directory (``teacher.core.records``; the
 field chosen by the config) or from a task's human ground truth
-(``teacher.tasks``, the baseline arm). The validation split is made by example
+(``teacher.core.tasks``, the baseline arm). The validation split is made by example
 id (a seeded hash), so no id is ever in both splits, whatever the subset size.
 The examples become TRL's conversational prompt-completion format, so TRL
 tokenizes them with the chat template and computes the loss on the completion
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from student.config import DataConfig
-from teacher.records import Record, RecordError, iter_json_lines, shard_paths
-from teacher.tasks import get_task
+from teacher.core.records import Record, RecordError, iter_json_lines, shard_paths
+from teacher.core.tasks import get_task
 
 Messages = list[dict[str, str]]
 

@@ -53,8 +53,8 @@ from student.data import (
     to_dataset,
     write_examples,
 )
-from teacher import models
-from teacher.config import to_dict
+from teacher.core import models
+from teacher.core.config import to_dict
 
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"

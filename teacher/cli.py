@@ -225,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _server_config(args, models: list[str], port: int):
-    from teacher.engine import default_engine
-    from teacher.server import ServerConfig, parse_model_spec
-    from teacher.service import Limits
+    from teacher.serving.engine import default_engine
+    from teacher.serving.server import ServerConfig, parse_model_spec
+    from teacher.serving.service import Limits
 
     return ServerConfig(
         models=[parse_model_spec(m) for m in models],
@@ -246,7 +246,7 @@ def _server_config(args, models: list[str], port: int):
 
 
 def _serve(args) -> int:
-    from teacher.server import serve
+    from teacher.serving.server import serve
 
     asyncio.run(serve(_server_config(args, args.model, args.port)))
     return 0
@@ -255,8 +255,8 @@ def _serve(args) -> int:
 async def _ask(args) -> int:
     from pathlib import Path
 
-    from teacher.client import TeacherClient
-    from teacher.service import GenerationParams
+    from teacher.serving.client import TeacherClient
+    from teacher.serving.service import GenerationParams
 
     token = Path(args.token_file).read_text().strip() if args.token_file else None
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
@@ -286,10 +286,10 @@ async def _demo(args) -> int:
     """Start a real server on a free localhost port, then use it as a client would."""
     import time
 
-    from teacher import models
-    from teacher.client import TeacherClient
-    from teacher.server import TeacherServer, build_service
-    from teacher.service import GenerationParams
+    from teacher.core import models
+    from teacher.serving.client import TeacherClient
+    from teacher.serving.server import TeacherServer, build_service
+    from teacher.serving.service import GenerationParams
 
     name = args.model or models.DEFAULT_TEACHER
     config = _server_config(args, [f"teacher={name}"], 0)
@@ -356,10 +356,10 @@ async def _generate(args) -> int:
 
     import grpc
 
-    from teacher import models
-    from teacher.client import TeacherClient
-    from teacher.generate_job import GenerateConfig, run_job
-    from teacher.server import TeacherServer, build_service, parse_model_spec
+    from teacher.core import models
+    from teacher.distill.job import GenerateConfig, run_job
+    from teacher.serving.client import TeacherClient
+    from teacher.serving.server import TeacherServer, build_service, parse_model_spec
 
     try:
         worker = tuple(int(x) for x in args.worker.split("/"))
@@ -390,7 +390,7 @@ async def _generate(args) -> int:
         timeout_s=args.timeout,
         progress=not args.no_progress,
     )
-    from teacher.generate_job import load_examples
+    from teacher.distill.job import load_examples
 
     load_examples(config)  # bad task/split/data dir fail before any model loads
     server = None
@@ -425,7 +425,7 @@ async def _generate(args) -> int:
 
 
 def _models(args) -> int:
-    from teacher import models
+    from teacher.core import models
 
     if args.models_command == "pull":
         for name in args.names:

@@ -28,7 +28,7 @@ def test_model_dir() -> Path:
     override = os.environ.get("DISTILL_TEST_MODEL")
     if override:
         return Path(override)
-    from teacher import models
+    from teacher.core import models
 
     return Path(models.resolve(models.TEST_MODEL))
 

@@ -1,0 +1,154 @@
+"""The engine protocol: what the teacher service needs from an inference engine.
+
+An engine serves one model. It generates token ids for tokenized prompts,
+scores completions teacher-forced, tokenizes, describes itself and aborts
+requests. Text concerns that must behave the same on every engine (chat
+templates, incremental detokenization, stop sequences, time limits, ``n``
+samples) live in the service, so engines agree by construction.
+
+Engines are chosen by name (``load_engine``); each lives in its own module under
+``teacher.serving.engines`` and imports its heavy dependencies (torch, vLLM) itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from teacher.serving.tokenization import PromptTokenizer
+
+FinishReason = Literal["eos", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Per-sequence sampling settings an engine must honour (one sample)."""
+
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int = 0
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0  # EOS is suppressed until this many tokens exist
+    logprobs: bool = False  # raw (untempered) logprob of each sampled token
+    top_logprobs: int = 0  # how many alternatives per token
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    request_id: str
+    prompt_ids: Sequence[int]
+    sampling: SamplingOptions
+
+
+@dataclass(frozen=True)
+class TokenStep:
+    """One generated token, with its logprob and alternatives when asked for."""
+
+    token_id: int
+    logprob: float | None = None
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """New tokens since the last output; ``finish`` is set on the last one."""
+
+    tokens: tuple[TokenStep, ...]
+    finish: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str
+    revision: str
+    engine: str
+    engine_version: str
+    context_length: int
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    dtype: str
+    device: str
+
+
+@dataclass
+class EngineLoad:
+    running: int = 0
+    waiting: int = 0
+
+
+@dataclass(frozen=True)
+class ScoreInput:
+    prompt_ids: Sequence[int]
+    completion_ids: Sequence[int]
+
+
+@dataclass
+class EngineConfig:
+    """Settings shared by every engine; engine-specific extras go in ``options``."""
+
+    model: str  # a prepared local directory (see teacher.core.models.resolve)
+    name: str = ""
+    dtype: str = "auto"  # "auto": bf16 on CUDA, fp32 on CPU
+    device: str = "auto"
+    max_model_len: int = 2048
+    seed: int = 0
+    revision: str = ""
+    options: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the service calls. All methods are safe to call from the event loop."""
+
+    tokenizer: PromptTokenizer
+
+    async def start(self) -> None:
+        """Load the model; afterwards ``info()`` is valid and requests are served."""
+
+    def info(self) -> ModelInfo: ...
+
+    def load(self) -> EngineLoad: ...
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        """Stream new tokens. Breaking out of the iterator aborts the request."""
+
+    async def score(self, items: Sequence[ScoreInput]) -> list[list[float]]:
+        """Logprob of every completion token given the prompt and earlier tokens."""
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a running request and free its slot; unknown ids are ignored."""
+
+    async def shutdown(self) -> None: ...
+
+
+ENGINES = {
+    "hf": "teacher.serving.engines.hf:HFEngine",
+    "vllm": "teacher.serving.engines.vllm:VLLMEngine",
+}
+
+
+def available_engines() -> list[str]:
+    return sorted(ENGINES)
+
+
+def default_engine() -> str:
+    """vLLM wherever it is installed, else transformers."""
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+
+
+def load_engine(engine: str, config: EngineConfig) -> Engine:
+    """Instantiate an engine by name, importing only that engine's module."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {available_engines()}")
+    module_name, class_name = ENGINES[engine].split(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)(config)

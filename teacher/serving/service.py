@@ -1,0 +1,623 @@
+"""The teacher service, independent of the wire: named models, validation,
+admission control, ``n`` samples, stop sequences, time limits, scoring.
+
+The gRPC servicer only converts protobuf messages to the types here and back.
+Everything a caller can get wrong is checked here and raised as
+``InvalidArgument`` naming the request field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from teacher.serving.engine import Engine, EngineRequest, ModelInfo, SamplingOptions, ScoreInput
+from teacher.serving.errors import EngineUnavailable, InvalidArgument, ResourceExhausted
+from teacher.serving.tokenization import PromptInput, StreamDecoder
+
+log = logging.getLogger(__name__)
+
+STOP_REASONS = ("max_tokens", "eos", "stop_sequence", "cancelled", "time_limit", "error")
+_ENGINE_FINISH = {"eos": "eos", "length": "max_tokens", "abort": "cancelled"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; beyond these a request is INVALID_ARGUMENT."""
+
+    default_max_new_tokens: int = 256
+    max_new_tokens: int = 4096
+    max_n: int = 16
+    max_stop: int = 16
+    max_stop_chars: int = 256
+    max_top_logprobs: int = 20
+    max_batch_prompts: int = 1024
+    max_score_items: int = 1024
+    max_queue: int = 256  # admitted requests per model; more is RESOURCE_EXHAUSTED
+    # Scored (prompt, completion) pairs remembered per model: a data job scores each
+    # reference once per mode, and the engine's output for the same tokens is the same.
+    score_cache_items: int = 4096
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    n: int = 1
+    max_new_tokens: int = 0  # 0: the server default
+    min_new_tokens: int = 0
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    time_limit_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class LogprobEntry:
+    token_id: int
+    logprob: float
+    token: str
+    top: tuple[tuple[int, float, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class SampleChunk:
+    index: int
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[LogprobEntry, ...] = ()
+
+
+@dataclass
+class SampleResult:
+    index: int
+    stop_reason: str  # one of STOP_REASONS
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[LogprobEntry] = field(default_factory=list)
+    stop_sequence: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    queue_s: float = 0.0
+    time_to_first_token_s: float = 0.0
+    total_s: float = 0.0
+    tokens_per_s: float = 0.0
+    error: str = ""
+    provenance: Provenance | None = None
+
+
+@dataclass(frozen=True)
+class Provenance:
+    model: str
+    revision: str
+    engine: str
+    engine_version: str
+    seed: int = 0
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    prompt: PromptInput
+    completion: str
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    tokens: tuple[str, ...]
+    nll_sum: float
+    num_tokens: int
+    mean_nll: float
+    perplexity: float
+    frac_above_threshold: float
+    prompt_tokens: int
+
+
+def summarize_logprobs(
+    logprobs: Sequence[float], ppl_threshold: float = 0.0
+) -> tuple[float, float, float, float]:
+    """(NLL sum, mean NLL, perplexity, share of tokens with exp(-logprob) > threshold)."""
+    n = len(logprobs)
+    if n == 0:
+        return 0.0, 0.0, 1.0, 0.0
+    nll_sum = -math.fsum(logprobs)
+    mean = nll_sum / n
+    above = 0.0
+    if ppl_threshold > 0:
+        # exp(-lp) > t  <=>  -lp > log(t)
+        above = sum(1 for lp in logprobs if -lp > math.log(ppl_threshold)) / n
+    return nll_sum, mean, math.exp(mean), above
+
+
+class ModelHost:
+    """One named model: its engine and its admission counter."""
+
+    def __init__(self, name: str, engine: Engine, max_queue: int):
+        self.name = name
+        self.engine = engine
+        self.max_queue = max_queue
+        self.admitted = 0  # in flight now
+        self.served = 0  # admitted since start
+        self.healthy = False
+        self.score_cache: collections.OrderedDict[tuple, list[float]] = (
+            collections.OrderedDict())
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.engine.info()
+
+    @contextlib.contextmanager
+    def admit(self):
+        if self.admitted >= self.max_queue:
+            raise ResourceExhausted(
+                f"model {self.name!r} has {self.admitted} requests in flight "
+                f"(max_queue={self.max_queue}); retry later"
+            )
+        self.admitted += 1
+        self.served += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
+
+
+class TeacherService:
+    def __init__(self, hosts: Sequence[ModelHost], limits: Limits | None = None):
+        if not hosts:
+            raise ValueError("a teacher service needs at least one model")
+        self.hosts = {h.name: h for h in hosts}
+        self.default = hosts[0].name
+        self.limits = limits or Limits()
+        self.draining = False
+        self._health_listeners: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        for host in self.hosts.values():
+            await host.engine.start()
+            host.healthy = True
+        self._notify()
+
+    async def shutdown(self) -> None:
+        for host in self.hosts.values():
+            host.healthy = False
+            await host.engine.shutdown()
+        self._notify()
+
+    @property
+    def serving(self) -> bool:
+        return not self.draining and all(h.healthy for h in self.hosts.values())
+
+    def model_serving(self, name: str) -> bool:
+        host = self.hosts.get(name)
+        return bool(host and host.healthy and not self.draining)
+
+    def on_health_change(self, listener: Callable[[], None]) -> None:
+        self._health_listeners.append(listener)
+
+    def begin_drain(self) -> None:
+        self.draining = True
+        self._notify()
+
+    def in_flight(self) -> int:
+        return sum(h.admitted for h in self.hosts.values())
+
+    def _notify(self) -> None:
+        for listener in self._health_listeners:
+            listener()
+
+    def _engine_failed(self, host: ModelHost, exc: BaseException) -> None:
+        if host.healthy:
+            log.error("engine of model %r failed: %s; marking it NOT_SERVING", host.name, exc)
+            host.healthy = False
+            self._notify()
+
+    # ------------------------------------------------------------ lookups
+
+    def host(self, model: str) -> ModelHost:
+        name = model or self.default
+        host = self.hosts.get(name)
+        if host is None:
+            raise InvalidArgument("model", f"unknown model {name!r}; serving {sorted(self.hosts)}")
+        if not host.healthy:
+            raise EngineUnavailable(f"model {name!r} is not serving")
+        if self.draining:
+            raise EngineUnavailable("the server is shutting down")
+        return host
+
+    def provenance(self, host: ModelHost, seed: int = 0, request_id: str = "") -> Provenance:
+        info = host.info
+        return Provenance(
+            host.name, info.revision, info.engine, info.engine_version, seed, request_id
+        )
+
+    def list_models(self) -> list[tuple[ModelInfo, bool]]:
+        return [(h.info, name == self.default) for name, h in self.hosts.items() if h.healthy]
+
+    def load(self, model: str = "") -> list[tuple[str, int, int, int]]:
+        names = [model or self.default] if model else list(self.hosts)
+        out = []
+        for name in names:
+            host = self.hosts.get(name)
+            if host is None:
+                raise InvalidArgument(
+                    "model", f"unknown model {name!r}; serving {sorted(self.hosts)}"
+                )
+            load = host.engine.load()
+            waiting = max(load.waiting, host.admitted - load.running)
+            out.append((name, load.running, waiting, host.max_queue))
+        return out
+
+    # ------------------------------------------------------------ tokenize
+
+    def tokenize(self, model: str, prompt: PromptInput, field_name: str = "prompt") -> list[int]:
+        host = self.host(model)
+        return self._encode_prompt(host, prompt, field_name)
+
+    def token_strings(self, model: str, ids: Sequence[int]) -> list[str]:
+        return self.host(model).engine.tokenizer.token_strings(ids)
+
+    def _encode_prompt(self, host: ModelHost, prompt: PromptInput, field_name: str) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidArgument(field_name, "empty prompt")
+        else:
+            if not prompt:
+                raise InvalidArgument(f"{field_name}.chat.messages", "no messages")
+            for i, message in enumerate(prompt):
+                role = message.get("role", "")
+                if role not in ("system", "user", "assistant", "tool"):
+                    raise InvalidArgument(
+                        f"{field_name}.chat.messages[{i}].role",
+                        f"unknown role {role!r}; use system, user, assistant or tool",
+                    )
+        try:
+            ids = host.engine.tokenizer.encode_prompt(prompt)
+        except ValueError as exc:  # e.g. no chat template
+            raise InvalidArgument(field_name, str(exc)) from exc
+        if not ids:
+            raise InvalidArgument(field_name, "the prompt tokenizes to nothing")
+        context = host.info.context_length
+        if len(ids) >= context:
+            raise InvalidArgument(
+                field_name, f"{len(ids)} tokens, the context length of {host.name!r} is {context}"
+            )
+        return ids
+
+    # ------------------------------------------------------------ generate
+
+    def check_params(self, host: ModelHost, params: GenerationParams) -> GenerationParams:
+        """Validate and fill defaults (max_new_tokens, seed)."""
+        lim = self.limits
+        finite = all(
+            math.isfinite(v) for v in (params.temperature, params.top_p, params.time_limit_s)
+        )
+        if not finite:
+            raise InvalidArgument("sampling", "temperature, top_p and time_limit_s must be finite")
+        if params.temperature < 0:
+            raise InvalidArgument("sampling.temperature", f"{params.temperature} < 0")
+        if not 0 <= params.top_p <= 1:
+            raise InvalidArgument("sampling.top_p", f"{params.top_p} outside [0, 1]")
+        if params.top_k < 0 or params.top_k > host.info.vocab_size:
+            raise InvalidArgument("sampling.top_k", f"{params.top_k} outside [0, vocab size]")
+        if not 1 <= params.n <= lim.max_n:
+            raise InvalidArgument("sampling.n", f"{params.n} outside [1, {lim.max_n}]")
+        max_new = params.max_new_tokens or lim.default_max_new_tokens
+        if not 1 <= max_new <= lim.max_new_tokens:
+            raise InvalidArgument(
+                "sampling.max_new_tokens", f"{max_new} outside [1, {lim.max_new_tokens}]"
+            )
+        if params.min_new_tokens > max_new:
+            raise InvalidArgument(
+                "sampling.min_new_tokens", f"{params.min_new_tokens} > max_new_tokens {max_new}"
+            )
+        if len(params.stop) > lim.max_stop:
+            raise InvalidArgument(
+                "sampling.stop", f"{len(params.stop)} stop sequences, at most {lim.max_stop}"
+            )
+        for i, seq in enumerate(params.stop):
+            if not seq or len(seq) > lim.max_stop_chars:
+                raise InvalidArgument(
+                    f"sampling.stop[{i}]", f"must have 1 to {lim.max_stop_chars} characters"
+                )
+        if params.top_logprobs > lim.max_top_logprobs:
+            raise InvalidArgument(
+                "sampling.top_logprobs", f"{params.top_logprobs} > {lim.max_top_logprobs}"
+            )
+        if params.time_limit_s < 0:
+            raise InvalidArgument("sampling.time_limit_s", "negative")
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        if params.temperature == 0:
+            top_p, top_k = 1.0, 0
+        else:
+            top_p = params.top_p if params.top_p > 0 else 1.0
+            top_k = params.top_k
+        return GenerationParams(
+            temperature=params.temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            n=params.n,
+            max_new_tokens=max_new,
+            min_new_tokens=params.min_new_tokens,
+            stop=tuple(params.stop),
+            logprobs=params.logprobs or params.top_logprobs > 0,
+            top_logprobs=params.top_logprobs,
+            time_limit_s=params.time_limit_s,
+        )
+
+    def prepare_generation(
+        self,
+        model: str,
+        prompts: Sequence[PromptInput],
+        params: GenerationParams,
+        prompt_field: str = "prompt",
+    ) -> tuple[ModelHost, list[list[int]], GenerationParams]:
+        host = self.host(model)
+        params = self.check_params(host, params)
+        encoded = []
+        for i, prompt in enumerate(prompts):
+            name = (
+                prompt_field
+                if len(prompts) == 1 and prompt_field == "prompt"
+                else (f"{prompt_field}[{i}]")
+            )
+            ids = self._encode_prompt(host, prompt, name)
+            context = host.info.context_length
+            if len(ids) + params.max_new_tokens > context:
+                raise InvalidArgument(
+                    "sampling.max_new_tokens",
+                    f"{name} has {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} "
+                    f"it exceeds the context length {context}",
+                )
+            encoded.append(ids)
+        return host, encoded, params
+
+    async def generate(
+        self, model: str, prompt: PromptInput, params: GenerationParams, request_id: str = ""
+    ) -> AsyncIterator[SampleChunk | SampleResult]:
+        """Stream chunks and one final result per sample (merged over ``n``)."""
+        received = time.perf_counter()
+        host, (ids,), params = self.prepare_generation(model, [prompt], params)
+        request_id = request_id or uuid.uuid4().hex
+        with host.admit():
+            if params.n == 1:
+                async for event in self._sample(host, ids, params, 0, request_id, received):
+                    yield event
+                return
+            queue: asyncio.Queue = asyncio.Queue()
+
+            async def pump(index: int) -> None:
+                try:
+                    async for event in self._sample(host, ids, params, index, request_id, received):
+                        await queue.put(event)
+                except Exception as exc:  # surfaced to the consumer below
+                    await queue.put(exc)
+
+            tasks = [asyncio.create_task(pump(i)) for i in range(params.n)]
+            try:
+                remaining = params.n
+                while remaining:
+                    event = await queue.get()
+                    if isinstance(event, BaseException):
+                        raise event
+                    if isinstance(event, SampleResult):
+                        remaining -= 1
+                    yield event
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def generate_batch(
+        self,
+        model: str,
+        prompts: Sequence[PromptInput],
+        params: GenerationParams,
+        request_id: str = "",
+    ) -> tuple[list[list[SampleResult]], GenerationParams, ModelHost]:
+        received = time.perf_counter()
+        if not prompts:
+            raise InvalidArgument("prompts", "no prompts")
+        if len(prompts) > self.limits.max_batch_prompts:
+            raise InvalidArgument(
+                "prompts", f"{len(prompts)} prompts, at most {self.limits.max_batch_prompts}"
+            )
+        host, encoded, params = self.prepare_generation(model, prompts, params, "prompts")
+        request_id = request_id or uuid.uuid4().hex
+
+        async def run(p: int, index: int) -> SampleResult:
+            final: SampleResult | None = None
+            async for event in self._sample(
+                host, encoded[p], params, index, request_id, received, tag=f"-p{p}"
+            ):
+                if isinstance(event, SampleResult):
+                    final = event
+            assert final is not None
+            return final
+
+        with host.admit():
+            flat = await asyncio.gather(
+                *(run(p, i) for p in range(len(prompts)) for i in range(params.n))
+            )
+        n = params.n
+        return [flat[p * n : (p + 1) * n] for p in range(len(prompts))], params, host
+
+    async def _sample(
+        self,
+        host: ModelHost,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        index: int,
+        request_id: str,
+        received: float,
+        tag: str = "",
+    ) -> AsyncIterator[SampleChunk | SampleResult]:
+        assert params.seed is not None
+        engine = host.engine
+        tokenizer = engine.tokenizer
+        options = SamplingOptions(
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            seed=(params.seed + index) % 2**63,
+            max_new_tokens=params.max_new_tokens,
+            min_new_tokens=params.min_new_tokens,
+            logprobs=params.logprobs,
+            top_logprobs=params.top_logprobs,
+        )
+        engine_id = f"{request_id}{tag}-{index}-{uuid.uuid4().hex[:8]}"
+        decoder = StreamDecoder(tokenizer, params.stop)
+        result = SampleResult(
+            index=index,
+            stop_reason="",
+            prompt_tokens=len(prompt_ids),
+            provenance=self.provenance(host, params.seed, request_id),
+        )
+        first_token_at = 0.0
+        finished = False
+        stream = engine.generate(EngineRequest(engine_id, prompt_ids, options))
+        try:
+            deadline = None
+            if params.time_limit_s > 0:  # counted from when the request arrived
+                elapsed = time.perf_counter() - received
+                deadline = asyncio.get_running_loop().time() + params.time_limit_s - elapsed
+            async with contextlib.aclosing(stream):
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        async for out in stream:
+                            ids = [t.token_id for t in out.tokens]
+                            if ids and not first_token_at:
+                                first_token_at = time.perf_counter()
+                            delta = decoder.add(ids)
+                            entries = self._logprob_entries(tokenizer, out.tokens, params)
+                            result.token_ids.extend(ids)
+                            result.logprobs.extend(entries)
+                            if delta.stop_sequence is not None:
+                                result.stop_reason = "stop_sequence"
+                                result.stop_sequence = delta.stop_sequence
+                            elif out.finish is not None:
+                                result.stop_reason = _ENGINE_FINISH[out.finish]
+                            if ids or delta.text:
+                                yield SampleChunk(index, delta.text, tuple(ids), tuple(entries))
+                            if result.stop_reason:
+                                break
+                except TimeoutError:
+                    result.stop_reason = "time_limit"
+            finished = True
+        except EngineUnavailable as exc:
+            self._engine_failed(host, exc)
+            raise
+        finally:
+            if not finished:  # cancelled by the caller or failed: free the engine slot
+                with contextlib.suppress(Exception):
+                    await engine.abort(engine_id)
+        if result.stop_reason != "stop_sequence":
+            tail = decoder.flush()
+            if tail:
+                yield SampleChunk(index, tail, (), ())
+        if not result.stop_reason:
+            result.stop_reason = "max_tokens"
+        now = time.perf_counter()
+        result.text = decoder.text
+        result.completion_tokens = len(result.token_ids)
+        result.total_s = now - received
+        if first_token_at:
+            result.time_to_first_token_s = first_token_at - received
+            decode_s = now - first_token_at
+            if result.completion_tokens > 1 and decode_s > 0:
+                result.tokens_per_s = (result.completion_tokens - 1) / decode_s
+        yield result
+
+    @staticmethod
+    def _logprob_entries(tokenizer, steps, params: GenerationParams) -> list[LogprobEntry]:
+        if not params.logprobs:
+            return []
+        entries = []
+        for step in steps:
+            top = tuple((tid, lp, tokenizer.token_strings([tid])[0]) for tid, lp in step.top)
+            token = tokenizer.token_strings([step.token_id])[0]
+            entries.append(LogprobEntry(step.token_id, float(step.logprob or 0.0), token, top))
+        return entries
+
+    # ------------------------------------------------------------ score
+
+    async def score(
+        self,
+        model: str,
+        items: Sequence[ScoreItem],
+        ppl_threshold: float = 0.0,
+        return_tokens: bool = False,
+    ) -> tuple[list[ScoreResult], ModelHost]:
+        host = self.host(model)
+        if not items:
+            raise InvalidArgument("items", "no items to score")
+        if len(items) > self.limits.max_score_items:
+            raise InvalidArgument(
+                "items", f"{len(items)} items, at most {self.limits.max_score_items}"
+            )
+        if not math.isfinite(ppl_threshold) or ppl_threshold < 0:
+            raise InvalidArgument("ppl_threshold", f"{ppl_threshold} must be >= 0")
+        tokenizer = host.engine.tokenizer
+        inputs = []
+        context = host.info.context_length
+        for i, item in enumerate(items):
+            prompt_ids = self._encode_prompt(host, item.prompt, f"items[{i}].prompt")
+            if not item.completion:
+                raise InvalidArgument(f"items[{i}].completion", "empty completion")
+            completion_ids = tokenizer.encode_completion(item.completion)
+            if len(prompt_ids) + len(completion_ids) > context:
+                raise InvalidArgument(
+                    f"items[{i}]",
+                    f"prompt + completion = {len(prompt_ids) + len(completion_ids)} tokens, "
+                    f"over the context length {context}",
+                )
+            inputs.append(ScoreInput(prompt_ids, completion_ids))
+        keys = [(tuple(i.prompt_ids), tuple(i.completion_ids)) for i in inputs]
+        cache = host.score_cache
+        missing = [k for k, key in enumerate(keys) if key not in cache]
+        with host.admit():
+            try:
+                computed = await host.engine.score([inputs[k] for k in missing]) if missing else []
+            except EngineUnavailable as exc:
+                self._engine_failed(host, exc)
+                raise
+        fresh = dict(zip(missing, computed, strict=True))
+        all_logprobs = [fresh[k] if k in fresh else cache[key] for k, key in enumerate(keys)]
+        for k, key in enumerate(keys):  # most recently used last; oldest evicted
+            cache[key] = all_logprobs[k]
+            cache.move_to_end(key)
+        while len(cache) > self.limits.score_cache_items:
+            cache.popitem(last=False)
+        results = []
+        for inp, logprobs in zip(inputs, all_logprobs, strict=True):
+            nll_sum, mean, ppl, above = summarize_logprobs(logprobs, ppl_threshold)
+            results.append(
+                ScoreResult(
+                    token_ids=tuple(inp.completion_ids),
+                    logprobs=tuple(logprobs),
+                    tokens=tuple(tokenizer.token_strings(inp.completion_ids))
+                    if return_tokens
+                    else (),
+                    nll_sum=nll_sum,
+                    num_tokens=len(logprobs),
+                    mean_nll=mean,
+                    perplexity=ppl,
+                    frac_above_threshold=above,
+                    prompt_tokens=len(inp.prompt_ids),
+                )
+            )
+        return results, host
