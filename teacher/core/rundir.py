@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from teacher.core.templates import Messages
+
 MANIFEST = "manifest.json"
 ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
@@ -44,7 +46,6 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 CHECKPOINT_STATE = "trainer_state.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
-Messages = list[dict[str, str]]
 Action = Literal["fresh", "resume", "done"]
 
 
