@@ -142,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from eval.metrics import UnknownMetricError
-    from eval.rundir import RunDirError
     from eval.suite import UnknownSuiteError
     from teacher.core.config import ConfigError
+    from teacher.core.rundir import RunDirError
 
     expected: tuple[type[BaseException], ...] = (
         ConfigError, UnknownMetricError, UnknownSuiteError, RunDirError, FileNotFoundError,

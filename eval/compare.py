@@ -33,8 +33,8 @@ from eval.report import (
     pareto_plot,
     saturation_plot,
 )
-from eval.rundir import RunDir, RunDirError
 from eval.runner import RESULTS, SCHEMA
+from teacher.core.rundir import RunDir, RunDirError
 
 SATURATION_DATA_RATIO = 1.5  # "adding 50% more data"
 SATURATION_MIN_GAIN = 3.0  # "... for under 3 points absolute"

@@ -497,8 +497,8 @@ def stage_train(plan_: Plan, out: Path, view: LiveView) -> None:
 
 
 def _eval_is_current(results_path: Path, adapter_dir: Path, suite: Any) -> bool:
-    from eval.rundir import adapter_hash
     from eval.runner import fit_context
+    from teacher.core.rundir import adapter_hash
 
     try:
         results = json.loads(results_path.read_text(encoding="utf-8"))
@@ -511,9 +511,9 @@ def _eval_is_current(results_path: Path, adapter_dir: Path, suite: Any) -> bool:
 async def stage_eval(plan_: Plan, out: Path, view: LiveView, progress: bool) -> list[Path]:
     from eval.cache import ResultCache
     from eval.loading import serve
-    from eval.rundir import RunDir
     from eval.runner import RESULTS, fit_context, run_eval
     from eval.suite import load_suite
+    from teacher.core.rundir import RunDir
 
     c = plan_.config
     view.stage(3, "eval", len(plan_.runs))

@@ -34,9 +34,9 @@ from eval.metrics import (
     score_gsm8k,
 )
 from eval.perplexity import document_loglikelihoods
-from eval.rundir import RunDir, TrainExample, adapter_hash
 from eval.stats import Estimate, bootstrap, combine_mean
 from eval.suite import Suite, fingerprint
+from teacher.core.rundir import RunDir, TrainExample, adapter_hash
 from teacher.core.tasks import Example, get_task
 from teacher.core.templates import Template, get_template
 

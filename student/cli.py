@@ -40,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from student.data import StudentError
     from teacher.core.config import ConfigError
     from teacher.core.records import RecordError
+    from teacher.core.rundir import RunDirError
     from teacher.core.tasks import DataFormatError
 
     try:
@@ -50,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from student.trainer import train
 
         train(config, args.out, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, StudentError, RecordError, DataFormatError, FileNotFoundError) as exc:
+    except (ConfigError, StudentError, RecordError, RunDirError, DataFormatError,
+            FileNotFoundError) as exc:
         print(f"distill-student: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -13,36 +13,20 @@ only.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from student.config import DataConfig
-from teacher.core.records import Record, RecordError, iter_json_lines, shard_paths
+from teacher.core.records import RecordError, iter_record_lines, output_shards
+from teacher.core.rundir import TrainExample
 from teacher.core.tasks import get_task
-
-Messages = list[dict[str, str]]
 
 
 class StudentError(ValueError):
-    """A problem with the job's input or run directory; the message names what and where."""
-
-
-@dataclass(frozen=True)
-class TrainExample:
-    id: str
-    prompt: Messages
-    response: str
-    # Per-example difficulty recorded by the teacher's scorer (NLL), if any.
-    nll: float | None = None
-
-    def to_json(self) -> str:
-        return json.dumps({"id": self.id, "prompt": self.prompt, "response": self.response},
-                          ensure_ascii=False)
+    """A problem with the job's input data; the message names what and where."""
 
 
 # ---------------------------------------------------------------- sources
@@ -73,17 +57,15 @@ def _from_ground_truth(cfg: DataConfig, data_dir: str | Path | None) -> list[Tra
 
 
 def _from_teacher(cfg: DataConfig) -> list[TrainExample]:
-    root = Path(cfg.path or "")
-    if not root.is_dir():
-        raise StudentError(f"data.path: teacher output directory {root} does not exist")
-    paths = shard_paths(root)
-    if not paths:
-        raise StudentError(f"data.path: no *.jsonl shards in {root}")
+    try:
+        paths = output_shards(Path(cfg.path or ""))
+    except FileNotFoundError as exc:
+        raise StudentError(f"data.path: {exc}") from exc
     out: list[TrainExample] = []
     seen: dict[str, str] = {}
     for path in paths:
-        for where, data in iter_json_lines(path):
-            record = Record.from_dict(data, where)
+        # The raw line too: data.field may name a field the Record does not declare.
+        for where, data, record in iter_record_lines(path):
             if cfg.mode is not None and record.mode != cfg.mode:
                 continue
             if record.status == "rejected" and not cfg.include_rejected:
@@ -107,8 +89,6 @@ def _from_teacher(cfg: DataConfig) -> list[TrainExample]:
     # indices), the same data give the same run and data.limit means the first N.
     out.sort(key=lambda ex: ex.id)
     return out[: cfg.limit] if cfg.limit is not None else out
-
-
 
 
 # ---------------------------------------------------------------- split and subset
@@ -163,24 +143,6 @@ def fingerprint(train: Sequence[TrainExample], val: Sequence[TrainExample]) -> s
             h.update(ex.to_json().encode())
             h.update(b"\n")
     return h.hexdigest()[:16]
-
-
-def write_examples(path: Path, examples: Sequence[TrainExample]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for ex in examples:
-            fh.write(ex.to_json() + "\n")
-    tmp.replace(path)
-
-
-def read_examples(path: Path) -> list[TrainExample]:
-    out = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                d = json.loads(line)
-                out.append(TrainExample(d["id"], d["prompt"], d["response"]))
-    return out
 
 
 # ---------------------------------------------------------------- TRL's dataset format

@@ -106,22 +106,36 @@ def iter_json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield where, data
 
 
+def iter_record_lines(path: Path) -> Iterator[tuple[str, dict[str, Any], Record]]:
+    """(``file:line``, the line's object, its Record) for each record of one JSONL shard.
+
+    The object keeps the fields a Record does not declare (the student may train on one).
+    """
+    for where, data in iter_json_lines(path):
+        yield where, data, Record.from_dict(data, where)
+
+
 def iter_records(path: Path) -> Iterator[Record]:
     """Records of one JSONL shard; a malformed line raises with file and line number."""
-    for where, data in iter_json_lines(path):
-        yield Record.from_dict(data, where)
+    for _, _, record in iter_record_lines(path):
+        yield record
 
 
 def shard_paths(out_dir: Path) -> list[Path]:
     return sorted(Path(out_dir).glob("*.jsonl"))
 
 
-def read_records(out_dir: Path) -> list[Record]:
-    """Every record of a teacher output directory, in shard order."""
+def output_shards(out_dir: Path) -> list[Path]:
+    """The shards of a teacher output directory that must hold records, in shard order."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"teacher output directory {out_dir} does not exist")
     paths = shard_paths(out_dir)
     if not paths:
         raise FileNotFoundError(f"no *.jsonl shards in {out_dir}")
-    return [record for path in paths for record in iter_records(path)]
+    return paths
+
+
+def read_records(out_dir: Path) -> list[Record]:
+    """Every record of a teacher output directory, in shard order."""
+    return [record for path in output_shards(out_dir) for record in iter_records(path)]

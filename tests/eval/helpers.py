@@ -1,6 +1,6 @@
-"""Builds student run directories for the eval tests (the run-dir contract), with a
-real peft LoRA adapter on the test model; until `student` writes them, the tests
-make their own."""
+"""Builds student run directories for the eval tests (the run-dir contract of
+``teacher.core.rundir``), with a real peft LoRA adapter on the test model, without
+training one."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from teacher.core import rundir
 from teacher.core.tasks import get_task
 
 
 def write_examples(path: Path, examples: list[Any]) -> None:
     task = get_task("gsm8k")
-    with path.open("w", encoding="utf-8") as f:
-        for ex in examples:
-            row = {"id": ex.id, "prompt": task.prompt(ex), "response": task.reference_response(ex)}
-            f.write(json.dumps(row) + "\n")
+    rundir.write_examples(path, [rundir.TrainExample(ex.id, task.prompt(ex),
+                                                     task.reference_response(ex))
+                                 for ex in examples])
 
 
 def save_adapter(model_dir: Path, out: Path, seed: int, rank: int = 4,

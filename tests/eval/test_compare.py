@@ -9,8 +9,8 @@ import pytest
 
 from eval.cli import main
 from eval.compare import CompareError, compare
-from eval.rundir import RunDir, RunDirError
 from eval.runner import SCHEMA
+from teacher.core.rundir import RunDir, RunDirError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

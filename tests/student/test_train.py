@@ -19,7 +19,7 @@ import pytest
 from student import masking
 from student.cli import main
 from student.config import load_train_config
-from student.data import TrainExample
+from teacher.core.rundir import TrainExample
 from tests.student.test_data import record, write_records
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,7 +102,8 @@ def test_tiny_model_overfits_and_writes_the_run_directory(tiny_model, records, t
 
 
 def test_stm_curriculum_and_rationale_weight_run(tiny_model, tmp_path):
-    from student.trainer import SCORES_CACHE, train
+    from student.shaping import SCORES_CACHE
+    from student.trainer import train
 
     # No recorded NLL: the curriculum falls back to the base model's, from the same pass as STM.
     rows = [record(i, response_nll=None) for i in range(4)]
@@ -128,7 +129,7 @@ def test_stm_curriculum_and_rationale_weight_run(tiny_model, tmp_path):
 def test_shape_dataset_masks_and_orders_exactly():
     from datasets import Dataset
 
-    from student.trainer import shape_dataset
+    from student.shaping import shape_dataset
 
     ids = ["x/0", "x/1", "x/2"]
     ds = Dataset.from_list([
@@ -267,7 +268,7 @@ def test_bad_inputs_give_clear_errors(test_model_dir, records, tmp_path, capsys)
 
 
 def test_precision_and_checkpointing_follow_the_device(tmp_path):
-    from student.trainer import sft_arguments
+    from student.arguments import sft_arguments
 
     cfg = load_train_config(None, [])
     cpu = sft_arguments(cfg, tmp_path, has_val=True, precision="fp32", device="cpu")
