@@ -175,7 +175,14 @@ class Task(ABC):
         ``fewshot=True/False`` picks the task's few-shot / zero-shot template instead;
         neither gives ``default_template``. ``data_dir`` is where prompt files live
         (BBH's CoT exemplars), resolved like :meth:`load`.
+
+        A ``loglikelihood_rolling`` task has no templates and its prompt is "" (lm-eval's
+        doc_to_text): the whole document is the scored continuation.
         """
+        if self.output_type == "loglikelihood_rolling":
+            if template is not None or fewshot:
+                raise ValueError(f"{self.name} has no prompt templates")
+            return ""
         tpl = self._pick_template(template, fewshot)
         return tpl.render(**self._template_fields(example, tpl, data_dir))
 

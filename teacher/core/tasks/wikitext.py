@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from teacher.core.tasks.base import Example, Task
-from teacher.core.tasks.data import PathLike, load_hub, read_text_document
+from teacher.core.tasks.data import load_hub, read_text_document
 from teacher.core.tasks.registry import register_task
-from teacher.core.templates import Template
 
 WIKITEXT_HUB_ID = "EleutherAI/wikitext_document_level"  # lm_eval/tasks/wikitext/wikitext.yaml
 WIKITEXT_HUB_CONFIG = "wikitext-2-raw-v1"
@@ -88,7 +87,8 @@ class WikitextTask(Task):
     """WikiText-2 perplexity, lm-eval ``wikitext``: one Example per article.
 
     ``answer`` is the detokenized article (what lm-eval scores with rolling
-    loglikelihood), ``raw`` the original page (what it counts words/bytes on).
+    loglikelihood), ``raw`` the original page (what it counts words/bytes on); the
+    prompt is "" and there are no templates (see :meth:`Task.prompt`).
     Local files: ``wikitext-2/{train,valid,test}.txt``; split "validation" reads
     ``valid.txt``.
     """
@@ -118,19 +118,3 @@ class WikitextTask(Task):
         return self._new_example(
             split, index, question="", answer=wikitext_detokenizer(row), target="", raw=row
         )
-
-    def prompt(
-        self,
-        example: Example,
-        template: str | Template | None = None,
-        *,
-        fewshot: bool | None = None,
-        data_dir: PathLike | None = None,
-    ) -> str:
-        """lm-eval's doc_to_text is "": the whole document is the scored continuation."""
-        if template is not None or fewshot:
-            raise ValueError("wikitext-2 has no prompt templates")
-        return ""
-
-    def templates(self) -> list[Template]:
-        return []

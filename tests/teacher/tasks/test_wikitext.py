@@ -46,3 +46,12 @@ def test_wikitext_detokenizer() -> None:
     assert T.wikitext_detokenizer(page) == (
         ' == Title ==\nThe cat\'s 1,000 toys (3) cost $ 5.5, "he" said.\n'
     )
+
+
+def test_wikitext_has_no_templates() -> None:
+    task = get_task("wikitext-2")
+    doc = T.Example(id="w/0", task=task.name, split="test", question="", answer="a", target="")
+    assert task.templates() == [] and task.prompt(doc, fewshot=False) == ""
+    for kwargs in ({"fewshot": True}, {"template": "gsm8k-cot-8shot"}):
+        with pytest.raises(ValueError, match="wikitext-2 has no prompt templates"):
+            task.prompt(doc, **kwargs)
