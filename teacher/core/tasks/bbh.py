@@ -111,29 +111,10 @@ def _number_parse(text: str, _input: str | None) -> str:
     return number_parse_filter(text)
 
 
-_MULTI_CHOICE = (
-    "date_understanding",
-    "disambiguation_qa",
-    "geometric_shapes",
-    "hyperbaton",
-    "logical_deduction_five_objects",
-    "logical_deduction_seven_objects",
-    "logical_deduction_three_objects",
-    "movie_recommendation",
-    "penguins_in_a_table",
-    "reasoning_about_colored_objects",
-    "ruin_names",
-    "salient_translation_error_detection",
-    "snarks",
-    "temporal_sequences",
-    "tracking_shuffled_objects_five_objects",
-    "tracking_shuffled_objects_seven_objects",
-    "tracking_shuffled_objects_three_objects",
-)
-
 # Per subtask, the first step of "flexible-extract" in lm_eval/tasks/bbh/cot_zeroshot/
-# <subtask>.yaml; each takes (response, question input).
-_BBH_FLEXIBLE: dict[str, Callable[[str, str | None], str]] = {
+# <subtask>.yaml; each takes (response, question input). The 17 subtasks not listed
+# here are multiple choice: their YAML uses MultiChoiceRegexFilter.
+_BBH_FLEXIBLE_NOT_MULTI_CHOICE: dict[str, Callable[[str, str | None], str]] = {
     "boolean_expressions": _regex(r"\b(True|False)\b"),
     "causal_judgement": _regex(r"\b(Yes|No|yes|no)\b"),
     "dyck_languages": _regex(r"(?<= )([\" \[\(<{}>\)\]]+)|([\" \[\(<{}>\)\]]+)"),
@@ -151,7 +132,10 @@ _BBH_FLEXIBLE: dict[str, Callable[[str, str | None], str]] = {
         }
     ),
     "word_sorting": word_sort_filter,
-    **{name: multi_choice_filter for name in _MULTI_CHOICE},
+}
+_BBH_FLEXIBLE: dict[str, Callable[[str, str | None], str]] = {
+    subtask: _BBH_FLEXIBLE_NOT_MULTI_CHOICE.get(subtask, multi_choice_filter)
+    for subtask in BBH_SUBTASKS
 }
 
 
