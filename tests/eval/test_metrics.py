@@ -7,10 +7,19 @@ import math
 import pytest
 
 from eval.cache import ResultCache
-from eval.memorization import longest_common_run, rouge_l, score_copy, split_response, words
-from eval.metrics import METRICS, UnknownMetricError, fit_values, get_metric, score_bbh, score_gsm8k
+from eval.metrics import UnknownMetricError, get_metric
+from eval.metrics.bbh import score_bbh
+from eval.metrics.fit import fit_values
+from eval.metrics.gsm8k import score_gsm8k
+from eval.metrics.memorization import (
+    longest_common_run,
+    rouge_l,
+    score_copy,
+    split_response,
+    words,
+)
 from eval.perplexity import bits_per_byte, rolling_windows, weighted_perplexity
-from eval.stats import bootstrap, bootstrap_diff, combine_mean
+from eval.stats import bootstrap, combine_mean, paired_bootstrap
 from eval.suite import UnknownSuiteError, list_suites, load_suite
 from teacher.core.config import ConfigError
 from teacher.core.tasks import Example
@@ -98,7 +107,7 @@ def test_perplexity_of_a_uniform_distribution():
 def test_wikitext_measures_aggregate_like_lm_eval():
     items = [{"loglikelihood": -10.0, "words": 4, "bytes": 20},
              {"loglikelihood": -30.0, "words": 6, "bytes": 30}]
-    got = {m.name: m.aggregate_fn()(items) for m in METRICS["wikitext"].measures({})}
+    got = {m.name: m.aggregate_fn()(items) for m in get_metric("wikitext")().measures()}
     assert got["wikitext/word_perplexity"] == pytest.approx(math.exp(40 / 10))
     assert got["wikitext/byte_perplexity"] == pytest.approx(math.exp(40 / 50))
     assert got["wikitext/bits_per_byte"] == pytest.approx(40 / 50 / math.log(2))
@@ -166,12 +175,13 @@ def test_bootstrap_edge_cases():
 def test_paired_bootstrap_difference():
     a = [1.0, 1.0, 0.0, 1.0, 0.0, 1.0]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    same = bootstrap_diff(a, a, mean)
+    diff = lambda x, y: x - y  # noqa: E731
+    same = paired_bootstrap(a, a, diff, mean)
     assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)  # pairing removes noise
-    better = bootstrap_diff([1.0] * 6, a, mean)
+    better = paired_bootstrap([1.0] * 6, a, diff, mean)
     assert better.value == pytest.approx(1 / 3) and better.low >= 0.0
     with pytest.raises(ValueError):
-        bootstrap_diff([1.0], [1.0, 2.0], mean)
+        paired_bootstrap([1.0], [1.0, 2.0], diff, mean)
     combined = combine_mean([better, same])
     assert combined.value == pytest.approx(1 / 6)
 
