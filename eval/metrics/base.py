@@ -186,6 +186,17 @@ class Metric:
         return []
 
 
+class TaskMetric(Metric):
+    """A metric over benchmark examples (:class:`teacher.core.tasks.Example`), one
+    progress step per example."""
+
+    def data_fingerprint(self, data: Sequence[Any]) -> Any:
+        return examples_fingerprint(data)
+
+    def count(self, data: Sequence[Any]) -> int:
+        return len(data)
+
+
 class RunMetric(Metric):
     """A metric read from the run directory alone: named values, no interval."""
 

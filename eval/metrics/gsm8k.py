@@ -16,11 +16,10 @@ from typing import Any
 from eval.metrics.base import (
     TARGET_GAIN,
     Measure,
-    Metric,
     Row,
     SummaryTerm,
+    TaskMetric,
     check_limit,
-    examples_fingerprint,
     register_metric,
 )
 from teacher.core.config import ConfigError
@@ -94,7 +93,7 @@ FLEXIBLE = Measure("gsm8k/flexible_extract", True, "mean", "flexible_extract",
 
 
 @register_metric
-class Gsm8k(Metric):
+class Gsm8k(TaskMetric):
     name = "gsm8k"
     group = "target"
     description = "GSM8K test accuracy, greedy CoT"
@@ -108,12 +107,6 @@ class Gsm8k(Metric):
 
     def load(self, run: Any, data_dir: Path | None) -> list[Example]:
         return get_task("gsm8k").load(self.settings.split, data_dir, self.settings.limit)
-
-    def data_fingerprint(self, data: list[Example]) -> Any:
-        return examples_fingerprint(data)
-
-    def count(self, data: list[Example]) -> int:
-        return len(data)
 
     async def compute(self, model: Any, data: list[Example], *, data_dir: Path | None,
                       progress: Any = None) -> list[Row]:

@@ -9,10 +9,9 @@ from typing import Any
 
 from eval.metrics.base import (
     Measure,
-    Metric,
     Row,
+    TaskMetric,
     check_limit,
-    examples_fingerprint,
     register_metric,
 )
 from eval.metrics.gsm8k import gsm8k_template
@@ -31,7 +30,7 @@ PERPLEXITY = Measure("reference_ppl/gsm8k", False, "weighted_perplexity", "token
 
 
 @register_metric
-class ReferencePpl(Metric):
+class ReferencePpl(TaskMetric):
     name = "reference_ppl"
     group = "over_memorization"
     description = ("perplexity of the gsm8k test references (Ruan et al. 2025), "
@@ -50,8 +49,8 @@ class ReferencePpl(Metric):
     def load(self, run: Any, data_dir: Path | None) -> list[Example]:
         return get_task("gsm8k").load("test", data_dir, self.settings.limit)
 
-    def data_fingerprint(self, data: list[Example]) -> Any:
-        return examples_fingerprint(data)
+    def count(self, data: list[Example]) -> int:
+        return 0  # scored in one go: no progress bar
 
     async def compute(self, model: Any, data: list[Example], *, data_dir: Path | None,
                       progress: Any = None) -> list[Row]:

@@ -14,11 +14,10 @@ from typing import Any
 from eval.metrics.base import (
     FORGETTING,
     Measure,
-    Metric,
     Row,
     SummaryTerm,
+    TaskMetric,
     check_limit,
-    examples_fingerprint,
     register_metric,
 )
 from eval.perplexity import document_loglikelihoods
@@ -36,7 +35,7 @@ BITS_PER_BYTE = Measure("wikitext/bits_per_byte", False, "bits_per_byte", "bytes
 
 
 @register_metric
-class Wikitext(Metric):
+class Wikitext(TaskMetric):
     name = "wikitext"
     group = "forgetting"
     description = "WikiText-2 rolling-window perplexity"
@@ -51,12 +50,6 @@ class Wikitext(Metric):
 
     def load(self, run: Any, data_dir: Path | None) -> list[Example]:
         return get_task("wikitext-2").load(self.settings.split, data_dir, self.settings.limit)
-
-    def data_fingerprint(self, data: list[Example]) -> Any:
-        return examples_fingerprint(data)
-
-    def count(self, data: list[Example]) -> int:
-        return len(data)
 
     async def compute(self, model: Any, data: list[Example], *, data_dir: Path | None,
                       progress: Any = None) -> list[Row]:
