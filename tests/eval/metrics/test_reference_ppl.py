@@ -1,5 +1,5 @@
-"""The perplexity metrics: reference_ppl (gsm8k references after their prompt) and
-train_ppl (the run's training responses), on a stand-in model."""
+"""The reference_ppl metric: perplexity of the gsm8k references after their prompt,
+on a stand-in model."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import math
 import pytest
 
 from eval.metrics.reference_ppl import ReferencePpl, ReferencePplSettings
-from eval.metrics.train_ppl import TrainPpl
-from eval.rundir import TrainExample
 from tests.eval.metrics.fakes import FakeModel, gsm8k_example
 
 
@@ -22,11 +20,3 @@ async def test_reference_ppl_scores_the_reference_response():
     (ppl,) = metric.measures()
     assert ppl.aggregate_fn()(rows) == pytest.approx(math.e)
     assert metric.headline() == ppl
-
-
-async def test_train_ppl_scores_training_responses():
-    prompt = [{"role": "user", "content": "q"}]
-    data = [TrainExample("t0", prompt, "a b"), TrainExample("t1", prompt, "c d e")]
-    rows = await TrainPpl().compute(FakeModel(), data, data_dir=None)
-    assert rows == [{"id": "t0", "loglikelihood": -2.0, "tokens": 2},
-                    {"id": "t1", "loglikelihood": -3.0, "tokens": 3}]
