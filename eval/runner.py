@@ -144,6 +144,51 @@ def model_identity(base_path: Path, suite: Suite) -> dict[str, Any]:
             "engine": suite.engine.name, "dtype": suite.engine.dtype}
 
 
+def _subjects(run: RunDir | None, metrics: dict[str, Metric], base_only: bool) -> list[Subject]:
+    """The models to evaluate: the run's adapter, the base, the run's checkpoints
+    (when a metric asks for them)."""
+    subjects = [Subject("base", None, None)]
+    if run is not None:
+        final = run.adapter_dir()
+        subjects.insert(0, Subject("model", final, adapter_hash(final)))
+        if any(m.wants_checkpoints() for m in metrics.values()):
+            for step, name in run.checkpoints():
+                d = run.adapter_dir(name)
+                subjects.append(Subject(f"checkpoint-{step}", d, adapter_hash(d), step))
+    if base_only:
+        subjects = [s for s in subjects if s.label == "base"]
+    return subjects
+
+
+@dataclass
+class _Plan:
+    """What to compute: each model metric's data, and the metrics each subject needs."""
+
+    skipped: dict[str, str]  # metric -> why
+    data: dict[str, Any]
+    metrics_of: dict[str, list[str]]  # subject label -> metric names
+
+
+def _plan(suite: Suite, metrics: dict[str, Metric], run: RunDir | None,
+          subjects: Sequence[Subject], data_dir: Path | None) -> _Plan:
+    plan = _Plan({}, {}, {s.label: [] for s in subjects})
+    for name in suite.metrics:
+        metric = metrics[name]
+        if metric.needs_run_dir and run is None:
+            plan.skipped[name] = "needs a run directory (--adapter RUN_DIR)"
+            continue
+        if not metric.needs_model:
+            continue
+        plan.data[name] = metric.load(run, data_dir)
+        for s in subjects:
+            if s.step is not None and not metric.on_checkpoints:
+                continue
+            if metric.base_only and s.label != "base":
+                continue
+            plan.metrics_of[s.label].append(name)
+    return plan
+
+
 async def run_eval(
     model: str,
     suite: Suite,
@@ -173,43 +218,17 @@ async def run_eval(
     fit_context(suite)
     identity = model_identity(base_path, suite)
     metrics = {m.name: m for m in suite_metrics(suite)}
+    subjects = _subjects(run, metrics, base_only)
+    plan = _plan(suite, metrics, run, subjects, data_dir)
 
-    subjects = [Subject("base", None, None)]
-    if run is not None:
-        final = run.adapter_dir()
-        subjects.insert(0, Subject("model", final, adapter_hash(final)))
-        if any(m.wants_checkpoints() for m in metrics.values()):
-            for step, name in run.checkpoints():
-                d = run.adapter_dir(name)
-                subjects.append(Subject(f"checkpoint-{step}", d, adapter_hash(d), step))
-    if base_only:
-        subjects = [s for s in subjects if s.label == "base"]
-
-    # Which metric each subject needs, from the cache where possible.
-    skipped: dict[str, str] = {}
-    data: dict[str, Any] = {}
-    plan: dict[str, list[str]] = {s.label: [] for s in subjects}
-    for name in suite.metrics:
-        metric = metrics[name]
-        if metric.needs_run_dir and run is None:
-            skipped[name] = "needs a run directory (--adapter RUN_DIR)"
-            continue
-        if not metric.needs_model:
-            continue
-        data[name] = metric.load(run, data_dir)
-        for s in subjects:
-            if s.step is not None and not metric.on_checkpoints:
-                continue
-            if metric.base_only and s.label != "base":
-                continue
-            plan[s.label].append(name)
-
+    # Each subject's metrics from the cache where possible; the rest on the model.
     items: dict[str, dict[str, list[dict[str, Any]]]] = {}
     keys: dict[tuple[str, str], dict[str, Any]] = {}
     todo: dict[str, list[str]] = {}
     for s in subjects:
-        for name in plan[s.label]:
-            key = cache.key(identity, s.adapter_hash, name, metrics[name].subset(data[name]))
+        for name in plan.metrics_of[s.label]:
+            subset = metrics[name].subset(plan.data[name])
+            key = cache.key(identity, s.adapter_hash, name, subset)
             keys[(s.label, name)] = key
             cached = cache.get(key)
             if cached is not None:
@@ -229,12 +248,11 @@ async def run_eval(
         async with hosting as service:
             served = ServedModel(service)
             for name in names:
-                metric = metrics[name]
+                metric, data = metrics[name], plan.data[name]
                 t0 = time.perf_counter()
-                bar = _progress(f"{s.label} {name}", metric.count(data[name]), progress)
+                bar = _progress(f"{s.label} {name}", metric.count(data), progress)
                 try:
-                    rows = await metric.compute(served, data[name], data_dir=data_dir,
-                                                progress=bar)
+                    rows = await metric.compute(served, data, data_dir=data_dir, progress=bar)
                 finally:
                     if bar is not None:
                         bar.close()
@@ -244,6 +262,21 @@ async def run_eval(
 
     if base_only:
         return {"cache": {"hits": cache.hits, "misses": cache.misses}}
+    results = _report(model, base_path, identity, suite, metrics, run, subjects, plan.skipped,
+                      items)
+    results["cache"] = {"hits": cache.hits, "misses": cache.misses, "dir": str(cache.root)}
+    results["timing"] = {"total_s": round(time.perf_counter() - started, 3), **timings}
+    write_results(out, results, items)
+    return results
+
+
+def _report(model: str, base_path: Path, identity: dict[str, Any], suite: Suite,
+            metrics: dict[str, Metric], run: RunDir | None, subjects: Sequence[Subject],
+            skipped: dict[str, str], items: dict[str, dict[str, list[dict[str, Any]]]],
+            ) -> dict[str, Any]:
+    """The results (less cache and timing) from every metric's items. ``items`` is
+    left as items.jsonl records it: without a base model (or for a base-only
+    metric), the base model's rows under "model"."""
     has_base = run is not None
     results: dict[str, Any] = {
         "schema": SCHEMA,
@@ -274,12 +307,9 @@ async def run_eval(
             if entry is not None:
                 results["metrics"][measure.name] = entry
         items[name] = view if not has_base or metric.base_only else per
-    ordered = [m for m in metrics.values() if m.name not in skipped]
-    results["summary"] = _summary(results, items, ordered, suite, has_base)
-    results["checkpoints"] = _checkpoint_table(subjects, items, ordered, suite)
-    results["cache"] = {"hits": cache.hits, "misses": cache.misses, "dir": str(cache.root)}
-    results["timing"] = {"total_s": round(time.perf_counter() - started, 3), **timings}
-    write_results(out, results, items)
+    reported = [m for m in metrics.values() if m.name not in skipped]
+    results["summary"] = _summary(results, items, reported, suite, has_base)
+    results["checkpoints"] = _checkpoint_table(subjects, items, reported, suite)
     return results
 
 

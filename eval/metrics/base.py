@@ -108,6 +108,13 @@ class SummaryTerm:
     unit: str
     change: Callable[[float, float], float]
 
+    def __post_init__(self) -> None:
+        sections = (TARGET_GAIN, FORGETTING, MEMORIZATION_INCREASE)
+        if not self.path or self.path[0] not in sections:
+            raise ValueError(f"summary path {self.path!r}: must start with one of {sections}")
+        if self.path[0] == FORGETTING and len(self.path) != 2:  # beside "overall"
+            raise ValueError(f"summary path {self.path!r}: forgetting lines are (forgetting, task)")
+
 
 # ----------------------------------------------------------------------------- the metric
 
