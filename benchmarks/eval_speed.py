@@ -40,8 +40,9 @@ async def _one_at_a_time(service: Any, prompts: list[Any], max_new: int,
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     from eval.loading import EngineSettings, serve
-    from eval.metrics import score_bbh, score_gsm8k
-    from eval.runner import _generate
+    from eval.metrics.bbh import score_bbh
+    from eval.metrics.gsm8k import score_gsm8k
+    from eval.metrics.model import ServedModel
     from teacher.core.models import resolve
     from teacher.core.tasks import get_task
     from teacher.core.templates import get_template
@@ -60,11 +61,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     engine = EngineSettings(name=args.engine, dtype=args.dtype, max_batch_size=args.batch_size)
     rows = []
     async with serve(Path(resolve(args.model)), None, engine) as service:
+        model = ServedModel(service)
         # Warm-up: first calls pay one-off costs (allocations, kernels).
-        await _generate(service, [suites["gsm8k"][0][0]], 4, ())
+        await model.generate([suites["gsm8k"][0][0]], 4, ())
         for name, (prompts, stop, score) in suites.items():
             t0 = time.perf_counter()
-            batched = await _generate(service, prompts, args.max_new_tokens, stop)
+            batched = await model.generate(prompts, args.max_new_tokens, stop)
             t_batched = time.perf_counter() - t0
             t0 = time.perf_counter()
             single = await _one_at_a_time(service, prompts, args.max_new_tokens, stop)

@@ -22,6 +22,12 @@ CACHE_ENV = "DISTILL_EVAL_CACHE"
 CACHE_VERSION = 1
 
 
+def fingerprint(parts: Any) -> str:
+    """Short stable hash of JSON-able data (cache keys, data subsets)."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
 def default_cache_dir() -> Path:
     env = os.environ.get(CACHE_ENV, "").strip()
     return Path(env).expanduser() if env else Path.home() / ".cache" / "distill" / "eval"

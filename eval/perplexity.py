@@ -67,16 +67,17 @@ def prefix_token(hf_tokenizer: Any) -> int:
 
 
 async def document_loglikelihoods(
-    engine: Any, documents: Sequence[str], max_length: int, batch_windows: int = 8
+    model: Any, documents: Sequence[str], max_length: int, batch_windows: int = 8
 ) -> list[tuple[float, int]]:
-    """(summed loglikelihood, token count) of each document under ``engine``.
+    """(summed loglikelihood, token count) of each document under ``model``
+    (:class:`eval.metrics.model.ServedModel`).
 
-    Uses the engine's token-level ``score`` (windows are token ids, not text), a few
-    windows per call so the engine can batch them.
+    Uses token-level scoring (windows are token ids, not text), a few windows per
+    call so the engine can batch them.
     """
     from teacher.serving.engine import ScoreInput
 
-    tokenizer = engine.tokenizer
+    tokenizer = model.tokenizer
     prefix = prefix_token(tokenizer.hf)
     windows: list[tuple[int, ScoreInput]] = []
     counts = []
@@ -88,7 +89,7 @@ async def document_loglikelihoods(
     totals = [0.0] * len(documents)
     for start in range(0, len(windows), batch_windows):
         chunk = windows[start : start + batch_windows]
-        logprobs = await engine.score([w for _, w in chunk])
+        logprobs = await model.score_tokens([w for _, w in chunk])
         for (d, _), lps in zip(chunk, logprobs, strict=True):
             totals[d] += math.fsum(lps)
     return list(zip(totals, counts, strict=True))

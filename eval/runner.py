@@ -23,29 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from eval.cache import ResultCache
-from eval.loading import MODEL_NAME, serve
-from eval.memorization import score_copy, split_response
-from eval.metrics import (
-    METRICS,
-    Measure,
-    bbh_subtasks,
-    fit_values,
-    score_bbh,
-    score_gsm8k,
-)
-from eval.perplexity import document_loglikelihoods
-from eval.stats import Estimate, bootstrap, combine_mean
-from eval.suite import Suite, fingerprint
-from teacher.core.rundir import RunDir, TrainExample, adapter_hash
-from teacher.core.tasks import Example, get_task
-from teacher.core.templates import Template, get_template
+from eval.loading import serve
+from eval.metrics import Measure, Metric, RunMetric, registered_metrics
+from eval.metrics.base import FORGETTING
+from eval.metrics.model import ServedModel
+from eval.stats import Estimate, bootstrap, combine_mean, paired_bootstrap
+from eval.suite import Suite
+from teacher.core.rundir import RunDir, adapter_hash
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "distill.eval/v1"
 RESULTS = "results.json"
 ITEMS = "items.jsonl"
-_CHUNK = 64  # prompts per generate_batch call: progress granularity; the engine batches
 
 
 @dataclass
@@ -58,194 +48,10 @@ class Subject:
     step: int | None = None
 
 
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class EvalData:
-    """Everything the metrics read, loaded once (before any model is started)."""
-
-    gsm8k: list[Example]
-    bbh: list[tuple[str, Example]]
-    wikitext: list[Example]
-    reference: list[Example]
-    mem_train: list[TrainExample]
-    mem_control: list[TrainExample]
-    train_ppl: list[TrainExample]
-
-
-def load_data(suite: Suite, run: RunDir | None, data_dir: Path | None) -> EvalData:
-    wanted = set(suite.metrics)
-    gsm8k = get_task("gsm8k")
-    data = EvalData([], [], [], [], [], [], [])
-    if "gsm8k" in wanted:
-        data.gsm8k = gsm8k.load(suite.gsm8k.split, data_dir, suite.gsm8k.limit)
-    if "reference_ppl" in wanted:
-        data.reference = gsm8k.load("test", data_dir, suite.reference_ppl.limit)
-    if "bbh" in wanted:
-        for sub in bbh_subtasks({"subtasks": suite.bbh.subtasks}):
-            data.bbh += [(sub, ex) for ex in get_task(f"bbh/{sub}").load("test", data_dir,
-                                                                         suite.bbh.limit)]
-    if "wikitext" in wanted:
-        data.wikitext = get_task("wikitext-2").load(suite.wikitext.split, data_dir,
-                                                    suite.wikitext.limit)
-    if run is not None and "memorization" in wanted:
-        n = suite.memorization.n
-        data.mem_train = run.examples("train")[:n]
-        data.mem_control = run.examples("val")[:n]
-    if run is not None and "train_ppl" in wanted:
-        limit = suite.train_ppl.limit
-        data.train_ppl = run.examples("train")[:limit]
-    return data
-
-
-def _data_fingerprint(metric: str, data: EvalData, data_dir: Path | None) -> Any:
-    def ex_ids(xs: Sequence[Example]) -> str:
-        return fingerprint([(x.id, x.question, x.answer) for x in xs])
-
-    def tr_ids(xs: Sequence[TrainExample]) -> str:
-        return fingerprint([(x.id, x.prompt, x.response) for x in xs])
-
-    return {
-        "gsm8k": lambda: ex_ids(data.gsm8k),
-        "bbh": lambda: ex_ids([ex for _, ex in data.bbh]),
-        "wikitext": lambda: ex_ids(data.wikitext),
-        "reference_ppl": lambda: ex_ids(data.reference),
-        "memorization": lambda: [tr_ids(data.mem_train), tr_ids(data.mem_control)],
-        "train_ppl": lambda: tr_ids(data.train_ppl),
-    }[metric]()
-
-
-# ----------------------------------------------------------------------------- model work
-
-
-async def _generate(service: Any, prompts: Sequence[Any], max_new_tokens: int,
-                    stop: Sequence[str], progress: Any = None) -> list[str]:
-    """Greedy outputs, in order. Prompts whose length leaves less room than
-    ``max_new_tokens`` get what the context allows (they are grouped by that budget,
-    so the rest still go to the engine together)."""
-    from teacher.serving.service import GenerationParams
-
-    context = service.hosts[MODEL_NAME].info.context_length
-    budgets = []
-    for p in prompts:
-        n = len(service.tokenize(MODEL_NAME, p))
-        budgets.append(max(0, min(max_new_tokens, context - n)))
-    outputs = [""] * len(prompts)
-    for budget in sorted(set(budgets)):
-        if budget == 0:
-            continue  # the prompt fills the context: scored as a wrong, empty answer
-        idx = [i for i, b in enumerate(budgets) if b == budget]
-        params = GenerationParams(temperature=0.0, seed=0, max_new_tokens=budget, stop=tuple(stop))
-        for start in range(0, len(idx), _CHUNK):
-            part = idx[start : start + _CHUNK]
-            results, _, _ = await service.generate_batch(MODEL_NAME, [prompts[i] for i in part],
-                                                         params)
-            for i, samples in zip(part, results, strict=True):
-                outputs[i] = samples[0].text
-            if progress is not None:
-                progress.update(len(part))
-    return outputs
-
-
-async def _score(service: Any, pairs: Sequence[tuple[Any, str]]) -> list[tuple[float, int]]:
-    """(summed NLL, tokens) of each completion after its prompt."""
-    from teacher.serving.service import ScoreItem
-
-    out: list[tuple[float, int]] = []
-    for start in range(0, len(pairs), _CHUNK):
-        chunk = [ScoreItem(p, c) for p, c in pairs[start : start + _CHUNK]]
-        results, _ = await service.score(MODEL_NAME, chunk)
-        out += [(r.nll_sum, r.num_tokens) for r in results]
-    return out
-
-
-def _template(key: str) -> Template:
-    return get_template(key)
-
-
-async def compute_metric(metric: str, service: Any, suite: Suite, data: EvalData,
-                         data_dir: Path | None, progress: Any = None) -> list[dict[str, Any]]:
-    """Per-item rows of one metric for the model hosted by ``service``."""
-    if metric == "gsm8k":
-        task, tpl = get_task("gsm8k"), _template(suite.gsm8k.template)
-        prompts = [task.prompt(ex, tpl, data_dir=data_dir) for ex in data.gsm8k]
-        max_new = min(suite.gsm8k.max_new_tokens, tpl.max_new_tokens or 1 << 30)
-        outputs = await _generate(service, prompts, max_new, tpl.stop, progress)
-        return [{"id": ex.id, "output": out, **score_gsm8k(out, ex, tpl)}
-                for ex, out in zip(data.gsm8k, outputs, strict=True)]
-    if metric == "bbh":
-        rows: list[dict[str, Any]] = []
-        tpl = get_task("bbh/" + BBH_ANY).default_template
-        assert tpl is not None
-        prompts = [get_task(f"bbh/{sub}").prompt(ex, data_dir=data_dir) for sub, ex in data.bbh]
-        max_new = min(suite.bbh.max_new_tokens, tpl.max_new_tokens or 1 << 30)
-        outputs = await _generate(service, prompts, max_new, tpl.stop, progress)
-        for (sub, ex), out in zip(data.bbh, outputs, strict=True):
-            rows.append({"id": ex.id, "subtask": sub, "output": out, **score_bbh(out, ex)})
-        return rows
-    if metric == "wikitext":
-        from teacher.core.tasks import wikitext_units
-
-        engine = service.hosts[MODEL_NAME].engine
-        lls = await document_loglikelihoods(engine, [ex.answer for ex in data.wikitext],
-                                            suite.wikitext.max_length)
-        rows = []
-        for ex, (ll, tokens) in zip(data.wikitext, lls, strict=True):
-            words, num_bytes = wikitext_units(ex.raw)
-            rows.append({"id": ex.id, "loglikelihood": ll, "tokens": tokens,
-                         "words": words, "bytes": num_bytes})
-            if progress is not None:
-                progress.update(1)
-        return rows
-    if metric == "reference_ppl":
-        task, tpl = get_task("gsm8k"), _template(suite.reference_ppl.template)
-        pairs = [(task.prompt(ex, tpl, data_dir=data_dir), task.reference_response(ex))
-                 for ex in data.reference]
-        scores = await _score(service, pairs)
-        return [{"id": ex.id, "loglikelihood": -nll, "tokens": n}
-                for ex, (nll, n) in zip(data.reference, scores, strict=True)]
-    if metric == "train_ppl":
-        scores = await _score(service, [(ex.prompt, ex.response) for ex in data.train_ppl])
-        return [{"id": ex.id, "loglikelihood": -nll, "tokens": n}
-                for ex, (nll, n) in zip(data.train_ppl, scores, strict=True)]
-    if metric == "memorization":
-        return await _memorization(service, suite, data, progress)
-    raise ValueError(f"metric {metric!r} is not computed on a model")
-
-
-BBH_ANY = "boolean_expressions"  # any subtask: they share the 3-shot template
-
-
-async def _memorization(service: Any, suite: Suite, data: EvalData,
-                        progress: Any = None) -> list[dict[str, Any]]:
-    cfg = suite.memorization
-    tokenizer = service.hosts[MODEL_NAME].engine.tokenizer
-    pools = [("train", ex) for ex in data.mem_train] + [("control", ex) for ex in data.mem_control]
-    rows: list[dict[str, Any]] = []
-    for setting in cfg.settings:
-        prompts: list[Any] = []
-        targets: list[str] = []
-        longest = 0
-        for _, ex in pools:
-            ids = tokenizer.encode_completion(ex.response)
-            if setting == "question":
-                prompts.append(ex.prompt)
-                targets.append(ex.response)
-                longest = max(longest, len(ids))
-            else:
-                head, tail = split_response(ids, tokenizer.decode)
-                chat = tokenizer.hf.apply_chat_template(ex.prompt, tokenize=False,
-                                                        add_generation_prompt=True)
-                prompts.append(chat + head)
-                targets.append(tail)
-                longest = max(longest, len(ids) - len(ids) // 2)
-        max_new = max(1, min(cfg.max_new_tokens, longest + 16))
-        outputs = await _generate(service, prompts, max_new, (), progress)
-        for (split, ex), out, target in zip(pools, outputs, targets, strict=True):
-            rows.append({"id": ex.id, "setting": setting, "split": split, "output": out,
-                         **score_copy(out, target, cfg.rouge_threshold)})
-    return rows
+def suite_metrics(suite: Suite) -> list[Metric]:
+    """The suite's metrics with their settings, in registry order (the order of
+    every table and summary line, whatever order the suite lists them in)."""
+    return [suite.metric(cls.name) for cls in registered_metrics() if cls.name in suite.metrics]
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -270,8 +76,8 @@ def _paired_estimate(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
                      f: Callable[[float, float], float], agg: Callable, suite: Suite) -> Estimate:
     """``f(agg(a), agg(b))`` with a paired bootstrap interval over shared items."""
     a2, b2 = _paired(a, b)
-    pairs = list(zip(a2, b2, strict=True))
-    return _estimate(pairs, lambda ps: f(agg([p[0] for p in ps]), agg([p[1] for p in ps])), suite)
+    return paired_bootstrap(a2, b2, f, agg, resamples=suite.bootstrap_resamples,
+                            confidence=suite.confidence, seed=suite.seed)
 
 
 def _measure_entry(measure: Measure, group: str, items: dict[str, list[dict[str, Any]]],
@@ -292,50 +98,31 @@ def _measure_entry(measure: Measure, group: str, items: dict[str, list[dict[str,
     return entry
 
 
-def _summary(results: dict[str, Any], items: dict[str, dict[str, list]], suite: Suite,
-             has_base: bool) -> dict[str, Any]:
-    """Target gain, forgetting (per task and overall), memorization increase."""
-    metrics = results["metrics"]
+def _summary(results: dict[str, Any], items: dict[str, dict[str, list]],
+             metrics: Sequence[Metric], suite: Suite, has_base: bool) -> dict[str, Any]:
+    """Each metric's summary lines (target gain, forgetting per task, memorization
+    increase), and the overall forgetting: the mean of the forgetting lines."""
     out: dict[str, Any] = {}
     if not has_base:
         return out
-
-    def paired(metric: str, measure: Measure, f: Callable[[float, float], float]) -> Estimate:
-        it = items[metric]
-        return _paired_estimate(measure.select(it["model"]), measure.select(it["base"]), f,
-                                measure.aggregate_fn(), suite)
-
-    if "gsm8k/strict_match" in metrics:
-        m = METRICS["gsm8k"].measures(suite.section("gsm8k"))[0]
-        out["target_gain"] = {"unit": "accuracy points", **paired(
-            "gsm8k", m, lambda x, y: 100 * (x - y)).to_dict()}
-    forgetting: dict[str, Any] = {}
-    parts: list[Estimate] = []
-    if "bbh/exact_match" in metrics:
-        m = METRICS["bbh"].measures(suite.section("bbh"))[0]
-        est = paired("bbh", m, lambda x, y: 100 * (y - x))
-        forgetting["bbh"] = {"unit": "accuracy points lost", **est.to_dict()}
-        parts.append(est)
-    if "wikitext/bits_per_byte" in metrics:
-        m = METRICS["wikitext"].measures(suite.section("wikitext"))[2]
-        est = paired("wikitext", m, lambda x, y: 100 * (x - y) / y)
-        forgetting["wikitext"] = {"unit": "% more bits per byte", **est.to_dict()}
-        parts.append(est)
-    if parts:
-        forgetting["overall"] = {"unit": "mean of the tasks' forgetting",
-                                 **combine_mean(parts).to_dict()}
-        out["forgetting"] = forgetting
-    if "memorization" in items:
-        inc: dict[str, Any] = {}
-        for m in METRICS["memorization"].measures(suite.section("memorization")):
-            _, setting, split, name = m.name.split("/")
-            if split != "train" or name not in ("exact_match", "rouge_l_above"):
+    forgetting: list[Estimate] = []
+    for metric in metrics:
+        for term in metric.summary():
+            if term.measure.name not in results["metrics"]:
                 continue
-            scale = 100.0
-            inc.setdefault(setting, {})[name] = {
-                "unit": "points", **paired("memorization", m,
-                                           lambda x, y, s=scale: s * (x - y)).to_dict()}
-        out["memorization_increase"] = inc
+            m, it = term.measure, items[metric.name]
+            est = _paired_estimate(m.select(it["model"]), m.select(it["base"]), term.change,
+                                   m.aggregate_fn(), suite)
+            *parents, leaf = term.path
+            node = out
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = {"unit": term.unit, **est.to_dict()}
+            if term.path[0] == FORGETTING:
+                forgetting.append(est)
+    if forgetting:
+        out[FORGETTING]["overall"] = {"unit": "mean of the tasks' forgetting",
+                                      **combine_mean(forgetting).to_dict()}
     return out
 
 
@@ -343,9 +130,10 @@ def _summary(results: dict[str, Any], items: dict[str, dict[str, list]], suite: 
 
 
 def fit_context(suite: Suite) -> Suite:
-    """Make the served context hold a wikitext window plus its one context token."""
-    if "wikitext" in suite.metrics:
-        suite.engine.max_model_len = max(suite.engine.max_model_len, suite.wikitext.max_length + 1)
+    """Make the served context hold what the suite's metrics need (a wikitext window
+    plus its one context token)."""
+    for metric in suite_metrics(suite):
+        suite.engine.max_model_len = max(suite.engine.max_model_len, metric.min_context())
     return suite
 
 
@@ -354,6 +142,51 @@ def model_identity(base_path: Path, suite: Suite) -> dict[str, Any]:
 
     return {"path": str(base_path), "revision": revision_of(base_path),
             "engine": suite.engine.name, "dtype": suite.engine.dtype}
+
+
+def _subjects(run: RunDir | None, metrics: dict[str, Metric], base_only: bool) -> list[Subject]:
+    """The models to evaluate: the run's adapter, the base, the run's checkpoints
+    (when a metric asks for them)."""
+    subjects = [Subject("base", None, None)]
+    if run is not None:
+        final = run.adapter_dir()
+        subjects.insert(0, Subject("model", final, adapter_hash(final)))
+        if any(m.wants_checkpoints() for m in metrics.values()):
+            for step, name in run.checkpoints():
+                d = run.adapter_dir(name)
+                subjects.append(Subject(f"checkpoint-{step}", d, adapter_hash(d), step))
+    if base_only:
+        subjects = [s for s in subjects if s.label == "base"]
+    return subjects
+
+
+@dataclass
+class _Plan:
+    """What to compute: each model metric's data, and the metrics each subject needs."""
+
+    skipped: dict[str, str]  # metric -> why
+    data: dict[str, Any]
+    metrics_of: dict[str, list[str]]  # subject label -> metric names
+
+
+def _plan(suite: Suite, metrics: dict[str, Metric], run: RunDir | None,
+          subjects: Sequence[Subject], data_dir: Path | None) -> _Plan:
+    plan = _Plan({}, {}, {s.label: [] for s in subjects})
+    for name in suite.metrics:
+        metric = metrics[name]
+        if metric.needs_run_dir and run is None:
+            plan.skipped[name] = "needs a run directory (--adapter RUN_DIR)"
+            continue
+        if not metric.needs_model:
+            continue
+        plan.data[name] = metric.load(run, data_dir)
+        for s in subjects:
+            if s.step is not None and not metric.on_checkpoints:
+                continue
+            if metric.base_only and s.label != "base":
+                continue
+            plan.metrics_of[s.label].append(name)
+    return plan
 
 
 async def run_eval(
@@ -384,43 +217,17 @@ async def run_eval(
         raise FileNotFoundError(f"model {model!r} resolved to {base_path}, not a local directory")
     fit_context(suite)
     identity = model_identity(base_path, suite)
+    metrics = {m.name: m for m in suite_metrics(suite)}
+    subjects = _subjects(run, metrics, base_only)
+    plan = _plan(suite, metrics, run, subjects, data_dir)
 
-    subjects = [Subject("base", None, None)]
-    if run is not None:
-        final = run.adapter_dir()
-        subjects.insert(0, Subject("model", final, adapter_hash(final)))
-        if "reference_ppl" in suite.metrics and suite.reference_ppl.checkpoints:
-            for step, name in run.checkpoints():
-                d = run.adapter_dir(name)
-                subjects.append(Subject(f"checkpoint-{step}", d, adapter_hash(d), step))
-    data = load_data(suite, run, data_dir)
-    if base_only:
-        subjects = [s for s in subjects if s.label == "base"]
-
-    # Which metric each subject needs, from the cache where possible.
-    skipped: dict[str, str] = {}
-    plan: dict[str, list[str]] = {s.label: [] for s in subjects}
-    for name in suite.metrics:
-        mdef = METRICS[name]
-        if mdef.needs_run_dir and run is None:
-            skipped[name] = "needs a run directory (--adapter RUN_DIR)"
-            continue
-        if not mdef.needs_model:
-            continue
-        for s in subjects:
-            if s.step is not None and name not in ("gsm8k", "reference_ppl"):
-                continue
-            if mdef.base_only and s.label != "base":
-                continue
-            plan[s.label].append(name)
-
+    # Each subject's metrics from the cache where possible; the rest on the model.
     items: dict[str, dict[str, list[dict[str, Any]]]] = {}
     keys: dict[tuple[str, str], dict[str, Any]] = {}
     todo: dict[str, list[str]] = {}
     for s in subjects:
-        for name in plan[s.label]:
-            subset = fingerprint({"settings": suite.section(name),
-                                  "data": _data_fingerprint(name, data, data_dir)})
+        for name in plan.metrics_of[s.label]:
+            subset = metrics[name].subset(plan.data[name])
             key = cache.key(identity, s.adapter_hash, name, subset)
             keys[(s.label, name)] = key
             cached = cache.get(key)
@@ -439,11 +246,13 @@ async def run_eval(
                    if s.label == "base" and base_service is not None
                    else serve(base_path, s.adapter_dir, suite.engine))
         async with hosting as service:
+            served = ServedModel(service)
             for name in names:
+                metric, data = metrics[name], plan.data[name]
                 t0 = time.perf_counter()
-                bar = _progress(f"{s.label} {name}", _count(name, data, suite), progress)
+                bar = _progress(f"{s.label} {name}", metric.count(data), progress)
                 try:
-                    rows = await compute_metric(name, service, suite, data, data_dir, bar)
+                    rows = await metric.compute(served, data, data_dir=data_dir, progress=bar)
                 finally:
                     if bar is not None:
                         bar.close()
@@ -453,6 +262,21 @@ async def run_eval(
 
     if base_only:
         return {"cache": {"hits": cache.hits, "misses": cache.misses}}
+    results = _report(model, base_path, identity, suite, metrics, run, subjects, plan.skipped,
+                      items)
+    results["cache"] = {"hits": cache.hits, "misses": cache.misses, "dir": str(cache.root)}
+    results["timing"] = {"total_s": round(time.perf_counter() - started, 3), **timings}
+    write_results(out, results, items)
+    return results
+
+
+def _report(model: str, base_path: Path, identity: dict[str, Any], suite: Suite,
+            metrics: dict[str, Metric], run: RunDir | None, subjects: Sequence[Subject],
+            skipped: dict[str, str], items: dict[str, dict[str, list[dict[str, Any]]]],
+            ) -> dict[str, Any]:
+    """The results (less cache and timing) from every metric's items. ``items`` is
+    left as items.jsonl records it: without a base model (or for a base-only
+    metric), the base model's rows under "model"."""
     has_base = run is not None
     results: dict[str, Any] = {
         "schema": SCHEMA,
@@ -466,62 +290,45 @@ async def run_eval(
         "skipped": skipped,
     }
     for name in suite.metrics:
-        mdef = METRICS[name]
+        metric = metrics[name]
         if name in skipped:
             continue
-        if name == "fit":
+        if isinstance(metric, RunMetric):
             assert run is not None
-            results["fit"] = fit_values(run.loss_history())
-            for k, v in results["fit"].items():
-                if v is not None:
-                    results["metrics"][f"fit/{k}"] = {
-                        "group": "fit", "higher_is_better": False, "value": v,
-                        "ci": [None, None], "n": 1}
+            results[name] = metric.values(run)
+            results["metrics"].update(metric.entries(results[name]))
             continue
         per = items.get(name, {})
         view = dict(per)
-        if mdef.base_only or not has_base:  # reported as the value under the base model
+        if metric.base_only or not has_base:  # reported as the value under the base model
             view = {"model": per["base"]}
-        for measure in mdef.measures(suite.section(name)):
-            entry = _measure_entry(measure, mdef.group, view, suite)
+        for measure in metric.measures():
+            entry = _measure_entry(measure, metric.group, view, suite)
             if entry is not None:
                 results["metrics"][measure.name] = entry
-        items[name] = view if not has_base or mdef.base_only else per
-    results["summary"] = _summary(results, items, suite, has_base)
-    results["checkpoints"] = _checkpoint_table(subjects, items, suite)
-    results["cache"] = {"hits": cache.hits, "misses": cache.misses, "dir": str(cache.root)}
-    results["timing"] = {"total_s": round(time.perf_counter() - started, 3), **timings}
-    write_results(out, results, items)
+        items[name] = view if not has_base or metric.base_only else per
+    reported = [m for m in metrics.values() if m.name not in skipped]
+    results["summary"] = _summary(results, items, reported, suite, has_base)
+    results["checkpoints"] = _checkpoint_table(subjects, items, reported, suite)
     return results
 
 
 def _checkpoint_table(subjects: Sequence[Subject], items: dict[str, dict[str, list]],
-                      suite: Suite) -> list[dict[str, Any]]:
+                      metrics: Sequence[Metric], suite: Suite) -> list[dict[str, Any]]:
+    """Per evaluated checkpoint, the headline measure of each on_checkpoints metric."""
     rows = []
     for s in subjects:
         if s.step is None:
             continue
         row: dict[str, Any] = {"step": s.step, "checkpoint": s.label}
-        for name in ("gsm8k", "reference_ppl"):
-            rows_ = items.get(name, {}).get(s.label)
+        for metric in metrics:
+            rows_ = items.get(metric.name, {}).get(s.label) if metric.on_checkpoints else None
             if not rows_:
                 continue
-            m = METRICS[name].measures(suite.section(name))[0]
-            row[m.name] = _estimate(rows_, m.aggregate_fn(), suite).to_dict()
+            m = metric.headline()
+            row[m.name] = _estimate(m.select(rows_), m.aggregate_fn(), suite).to_dict()
         rows.append(row)
     return rows
-
-
-def _count(name: str, data: EvalData, suite: Suite) -> int:
-    if name == "gsm8k":
-        return len(data.gsm8k)
-    if name == "bbh":
-        return len(data.bbh)
-    if name == "wikitext":
-        return len(data.wikitext)
-    if name == "memorization":
-        return (len(data.mem_train) + len(data.mem_control)) * len(suite.memorization.settings)
-    return 0
 
 
 def _progress(desc: str, total: int, enabled: bool) -> Any:

@@ -69,41 +69,31 @@ def bootstrap(
     return Estimate(value, lo, hi, n)
 
 
-def bootstrap_diff(
+def paired_bootstrap(
     items_a: Sequence[Any],
     items_b: Sequence[Any],
+    change: Callable[[float, float], float],
     aggregate: Aggregate,
     *,
     resamples: int = DEFAULT_RESAMPLES,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
 ) -> Estimate:
-    """``aggregate(a) - aggregate(b)`` with a paired bootstrap interval.
+    """``change(aggregate(a), aggregate(b))`` with a paired bootstrap interval.
 
-    ``items_a[i]`` and ``items_b[i]`` must be the same item under two models.
+    ``items_a[i]`` and ``items_b[i]`` must be the same item under two models; each
+    resample draws the same items for both.
     """
     if len(items_a) != len(items_b):
         raise ValueError(
             f"paired bootstrap needs the same items: {len(items_a)} vs {len(items_b)}"
         )
-    n = len(items_a)
-    if n == 0:
-        raise ValueError("cannot aggregate zero items")
-    value = float(aggregate(items_a)) - float(aggregate(items_b))
-    if n < 2 or resamples < 1:
-        return Estimate(value, None, None, n)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(resamples, n))
-    samples = np.fromiter(
-        (
-            aggregate([items_a[i] for i in row]) - aggregate([items_b[i] for i in row])
-            for row in draws
-        ),
-        dtype=float,
-        count=resamples,
+    pairs = list(zip(items_a, items_b, strict=True))
+    return bootstrap(
+        pairs,
+        lambda ps: change(aggregate([p[0] for p in ps]), aggregate([p[1] for p in ps])),
+        resamples=resamples, confidence=confidence, seed=seed,
     )
-    lo, hi = _interval(samples, confidence)
-    return Estimate(value, lo, hi, n)
 
 
 def combine_mean(estimates: Sequence[Estimate]) -> Estimate:

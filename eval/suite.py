@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from eval.loading import EngineSettings
-from eval.memorization import DEFAULT_ROUGE_THRESHOLD, SETTINGS
-from eval.metrics import bbh_subtasks, get_metric
+from eval.metrics import DEFAULT_METRICS, Metric, get_metric, registered_metrics
 from teacher.core.config import ConfigError, load_config, to_dict
-from teacher.core.templates import get_template
 from teacher.serving.engine import available_engines
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
@@ -31,69 +27,18 @@ class UnknownSuiteError(ValueError):
     """A suite name that is neither a shipped suite nor a YAML file."""
 
 
-@dataclass
-class Gsm8kSettings:
-    split: str = "test"
-    limit: int | None = 50
-    # The student's training format by default (zero-shot chat, "#### N" answer line);
-    # "gsm8k-cot-8shot" is lm-eval's gsm8k_cot prompt (used for the cross-check).
-    template: str = "gsm8k-cot-zeroshot"
-    max_new_tokens: int = 256
+class SuiteMethods:
+    """What a :data:`Suite` does; its fields are built from the metric registry."""
 
+    name: str
+    metrics: list[str]
+    engine: EngineSettings
+    confidence: float
 
-@dataclass
-class BbhSettings:
-    subtasks: list[str] = field(default_factory=lambda: ["all"])
-    limit: int | None = 10  # items per subtask
-    max_new_tokens: int = 256  # lm-eval allows 1024; the stop strings end most answers
-
-
-@dataclass
-class WikitextSettings:
-    split: str = "test"
-    limit: int | None = None  # documents (62 in the test split)
-    max_length: int = 2048  # rolling-window length (lm-eval: the model's max length)
-
-
-@dataclass
-class MemorizationSettings:
-    n: int = 50  # trained examples, and as many held-out controls
-    settings: list[str] = field(default_factory=lambda: list(SETTINGS))
-    rouge_threshold: float = DEFAULT_ROUGE_THRESHOLD
-    max_new_tokens: int = 512  # capped at the longest compared response + 16
-
-
-@dataclass
-class ReferencePplSettings:
-    limit: int | None = 50
-    template: str = "gsm8k-cot-zeroshot"  # the prompt the references are scored after
-    checkpoints: bool = True  # also per checkpoint, beside gsm8k accuracy
-
-
-@dataclass
-class TrainPplSettings:
-    limit: int | None = 50
-
-
-@dataclass
-class Suite:
-    name: str = ""
-    description: str = ""
-    metrics: list[str] = field(
-        default_factory=lambda: [
-            "gsm8k", "bbh", "wikitext", "memorization", "reference_ppl", "train_ppl", "fit"
-        ]
-    )
-    gsm8k: Gsm8kSettings = field(default_factory=Gsm8kSettings)
-    bbh: BbhSettings = field(default_factory=BbhSettings)
-    wikitext: WikitextSettings = field(default_factory=WikitextSettings)
-    memorization: MemorizationSettings = field(default_factory=MemorizationSettings)
-    reference_ppl: ReferencePplSettings = field(default_factory=ReferencePplSettings)
-    train_ppl: TrainPplSettings = field(default_factory=TrainPplSettings)
-    engine: EngineSettings = field(default_factory=EngineSettings)
-    bootstrap_resamples: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
+    def metric(self, name: str) -> Metric:
+        """Metric ``name`` with this suite's settings for it."""
+        cls = get_metric(name)
+        return cls(getattr(self, name) if cls.settings_type is not None else None)
 
     def validate(self) -> Suite:
         """Check names and ranges; raises ConfigError / UnknownMetricError naming the key."""
@@ -101,44 +46,46 @@ class Suite:
             raise ConfigError("metrics: the suite lists no metrics")
         for name in self.metrics:
             get_metric(name)
-        bbh_subtasks({"subtasks": self.bbh.subtasks})
-        for s in self.memorization.settings:
-            if s not in SETTINGS:
-                raise ConfigError(
-                    f"memorization.settings: unknown setting {s!r}; one of {SETTINGS}"
-                )
-        for key, tpl in (("gsm8k.template", self.gsm8k.template),
-                         ("reference_ppl.template", self.reference_ppl.template)):
-            try:
-                t = get_template(tpl)
-            except ValueError as e:
-                raise ConfigError(f"{key}: {e}") from None
-            if t.task != "gsm8k":
-                raise ConfigError(f"{key}: template {tpl!r} is for {t.task}, not gsm8k")
+        for cls in registered_metrics():  # every section, listed or not
+            self.metric(cls.name).validate()
         if self.engine.name not in available_engines():
             raise ConfigError(f"engine.name: unknown engine {self.engine.name!r}; "
                               f"one of {available_engines()}")
-        for key, value in (("gsm8k.limit", self.gsm8k.limit), ("bbh.limit", self.bbh.limit),
-                           ("wikitext.limit", self.wikitext.limit),
-                           ("reference_ppl.limit", self.reference_ppl.limit),
-                           ("train_ppl.limit", self.train_ppl.limit)):
-            if value is not None and value < 1:
-                raise ConfigError(f"{key}: must be >= 1 or null (all), got {value}")
-        if self.memorization.n < 1:
-            raise ConfigError(f"memorization.n: must be >= 1, got {self.memorization.n}")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"confidence: must be in (0, 1), got {self.confidence}")
-        return self
+        return self  # type: ignore[return-value]
 
     def section(self, metric: str) -> dict[str, Any]:
         """The settings that shape a metric's items (part of its cache key)."""
-        if metric == "fit":
-            return {}
-        value = getattr(self, metric)
-        return to_dict(value) if dataclasses.is_dataclass(value) else {}
+        return self.metric(metric).section()
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+
+def _suite_fields() -> list[tuple[str, Any, Any]]:
+    """The suite's keys: its metrics, one section per metric with settings (named
+    after the metric, typed by its settings dataclass), then engine and statistics."""
+    sections = [(cls.name, cls.settings_type, field(default_factory=cls.settings_type))
+                for cls in registered_metrics() if cls.settings_type is not None]
+    return [
+        ("name", str, field(default="")),
+        ("description", str, field(default="")),
+        ("metrics", list[str], field(default_factory=lambda: list(DEFAULT_METRICS))),
+        *sections,
+        ("engine", EngineSettings, field(default_factory=EngineSettings)),
+        ("bootstrap_resamples", int, field(default=1000)),
+        ("confidence", float, field(default=0.95)),
+        ("seed", int, field(default=0)),
+    ]
+
+
+Suite = dataclasses.make_dataclass("Suite", _suite_fields(), bases=(SuiteMethods,))
+Suite.__module__ = __name__
+Suite.__doc__ = """An eval suite: the metrics to run, each metric's section, the engine.
+
+``suite.gsm8k`` is the gsm8k metric's settings (:class:`eval.metrics.gsm8k.Gsm8kSettings`),
+and so on for every registered metric that has settings."""
 
 
 def list_suites() -> list[str]:
@@ -170,9 +117,3 @@ def load_suite(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Suite
     if not suite.name:
         suite.name = path.stem
     return suite.validate()
-
-
-def fingerprint(parts: Any) -> str:
-    """Short stable hash of JSON-able data (cache keys, data subsets)."""
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]

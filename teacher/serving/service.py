@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from teacher.serving.engine import Engine, EngineRequest, ModelInfo, SamplingOptions, ScoreInput
 from teacher.serving.errors import EngineUnavailable, InvalidArgument, ResourceExhausted
-from teacher.serving.tokenization import PromptInput, StreamDecoder
+from teacher.serving.tokenization import PromptInput, PromptTokenizer, StreamDecoder
 
 log = logging.getLogger(__name__)
 
@@ -621,3 +621,21 @@ class TeacherService:
                 )
             )
         return results, host
+
+    # ------------------------------------------------------------ text and token access
+
+    def tokenizer(self, model: str) -> PromptTokenizer:
+        """The tokenizer every prompt and completion of ``model`` goes through, for
+        callers that cut text by the model's tokens (e.g. half a response)."""
+        return self.host(model).engine.tokenizer
+
+    async def score_tokens(self, model: str, items: Sequence[ScoreInput]) -> list[list[float]]:
+        """Logprob of every completion token of token-id (prompt, completion) pairs, for
+        callers that cut their own token windows (rolling-window perplexity)."""
+        host = self.host(model)
+        with host.admit():
+            try:
+                return await host.engine.score(list(items))
+            except EngineUnavailable as exc:
+                self._engine_failed(host, exc)
+                raise

@@ -1,0 +1,59 @@
+"""Stand-ins for the served model, so a metric's compute is tested without one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from teacher.core.tasks import Example
+
+
+def gsm8k_example(final: str = "1,234", index: int = 0) -> Example:
+    return Example(f"gsm8k/test/{index:06d}", "gsm8k", "test", "q?", f"Work.\n#### {final}", final)
+
+
+class FakeTokenizer:
+    """Whitespace "tokens": ``encode_completion`` splits, ``decode`` joins; the chat
+    template writes ``<role>: content`` lines and an ``assistant:`` prompt."""
+
+    class hf:
+        bos_token_id = 0
+        eos_token_id = 1
+
+        @staticmethod
+        def apply_chat_template(messages: Sequence[dict[str, str]], tokenize: bool = False,
+                                add_generation_prompt: bool = True) -> str:
+            return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {}
+
+    def encode_completion(self, text: str) -> list[int]:
+        return [self.vocab.setdefault(w, len(self.vocab) + 2) for w in text.split()]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        words = {i: w for w, i in self.vocab.items()}
+        return " ".join(words[i] for i in ids)
+
+
+class FakeModel:
+    """A :class:`eval.metrics.model.ServedModel` stand-in: ``answer(prompt)`` is the
+    greedy output; a completion's NLL is its length in words, each token -1.0."""
+
+    def __init__(self, answer: Callable[[Any], str] = lambda prompt: "") -> None:
+        self.answer = answer
+        self.tokenizer = FakeTokenizer()
+        self.prompts: list[Any] = []
+
+    async def generate(self, prompts: Sequence[Any], max_new_tokens: int,
+                       stop: Sequence[str], progress: Any = None) -> list[str]:
+        self.prompts += list(prompts)
+        if progress is not None:
+            progress.update(len(prompts))
+        return [self.answer(p) for p in prompts]
+
+    async def score(self, pairs: Sequence[tuple[Any, str]]) -> list[tuple[float, int]]:
+        return [(float(len(c.split())), len(c.split())) for _, c in pairs]
+
+    async def score_tokens(self, inputs: Sequence[Any]) -> list[list[float]]:
+        return [[-1.0] * len(i.completion_ids) for i in inputs]
