@@ -7,14 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from teacher.serving.engine import (
-    EngineLoad,
-    EngineOutput,
-    EngineRequest,
-    ModelInfo,
-    ScoreInput,
-    TokenStep,
-)
+from teacher.serving import engine as protocol
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.service import Limits, ModelHost, TeacherService
 from teacher.serving.tokenization import PromptTokenizer
@@ -51,25 +44,27 @@ class ScriptedEngine:
         self.tokenizer = PromptTokenizer(CharTokenizer())
         self.script = list(script)
         self.delay_s = delay_s
-        self.requests: list[EngineRequest] = []
+        self.requests: list[protocol.EngineRequest] = []
 
     async def start(self) -> None:
         pass
 
-    def info(self) -> ModelInfo:
-        return ModelInfo("scripted", "scripted", "rev1", "scripted", "0", 1 << 20, 1 << 16,
+    def info(self) -> protocol.ModelInfo:
+        return protocol.ModelInfo("scripted", "scripted", "rev1", "scripted", "0", 1 << 20, 1 << 16,
                          (0,), "float32", "cpu")
 
-    def load(self) -> EngineLoad:
-        return EngineLoad()
+    def load(self) -> protocol.EngineLoad:
+        return protocol.EngineLoad()
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(
+        self, request: protocol.EngineRequest
+    ) -> AsyncIterator[protocol.EngineOutput]:
         self.requests.append(request)
         await asyncio.sleep(self.delay_s)
         entry = self.script[request.sampling.seed % len(self.script)]
         if entry is FAIL:
-            yield EngineOutput((TokenStep(ord("x")),))
-            yield EngineOutput((), finish="error")
+            yield protocol.EngineOutput((protocol.TokenStep(ord("x")),))
+            yield protocol.EngineOutput((), finish="error")
             return
         text = str(entry)[: request.sampling.max_new_tokens]
         for i, char in enumerate(text):
@@ -77,9 +72,9 @@ class ScriptedEngine:
             finish = None
             if last:
                 finish = "length" if len(text) == request.sampling.max_new_tokens else "eos"
-            yield EngineOutput((TokenStep(ord(char)),), finish=finish)
+            yield protocol.EngineOutput((protocol.TokenStep(ord(char)),), finish=finish)
 
-    async def score(self, items: Sequence[ScoreInput]) -> list[list[float]]:
+    async def score(self, items: Sequence[protocol.ScoreInput]) -> list[list[float]]:
         return [[-0.1 * (1 + t % 3) for t in item.completion_ids] for item in items]
 
     async def abort(self, request_id: str) -> None:

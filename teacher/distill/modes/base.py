@@ -25,7 +25,7 @@ from typing import ClassVar
 
 from teacher.core.records import Candidate, Record
 from teacher.core.tasks import Example, Task, get_task
-from teacher.core.templates import Template, get_template
+from teacher.core.templates import BBH_COT_ZEROSHOT, GSM8K_COT_8SHOT, Template, get_template
 from teacher.serving.errors import InvalidArgument
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.service import ModelHost, SampleResult, ScoreItem, TeacherService
@@ -37,6 +37,12 @@ DEFAULT_PPL_THRESHOLD = 2.5
 # the final answer ("#### N", "The answer is N.").
 MIN_REASONING_WORDS = 5
 _ANSWER_MARK = re.compile(r"####|the answer is", re.IGNORECASE)
+# The generation templates of modes that sample answers (trace, best_of_n), per task
+# family: lm-eval's few-shot CoT prompt, since small instruct models answer the
+# zero-shot chat prompt with a bare "#### N" (Qwen2.5-Coder-0.5B does), which teaches
+# no reasoning; pass the task's zero-shot template (e.g. "gsm8k-cot-zeroshot") for
+# pure self-outputs.
+COT_TEMPLATES: dict[str, Template] = {"gsm8k": GSM8K_COT_8SHOT, "bbh": BBH_COT_ZEROSHOT}
 
 
 def reasoning_words(text: str) -> int:
@@ -318,6 +324,14 @@ class DistillMode:
             record.response_frac_above_threshold = ref_score.frac_above_threshold
         else:
             record.reason = f"no candidate passed ({why}); rejected"
+
+
+class SampledAnswers(DistillMode):
+    """A mode that samples several answers to the question itself (trace, best_of_n)."""
+
+    default_num_candidates = 4
+    default_temperature = 0.7  # several candidates must differ
+    templates: ClassVar[dict[str, Template]] = COT_TEMPLATES
 
 
 def _host_provenance(service: TeacherService, host: ModelHost) -> dict:
