@@ -72,7 +72,7 @@ async def run(args: argparse.Namespace) -> dict:
     try:
         async with TeacherClient(f"127.0.0.1:{server.port}", timeout_s=7200) as client:
             for mode in modes:
-                job = GenerateConfig(
+                job = GenerateConfig.from_settings(
                     task="gsm8k", split="train", mode=mode,
                     out=args.work_dir / f"{mode}-{args.limit}",
                     model=trace_model if mode == "trace" else "student",

@@ -27,9 +27,10 @@ TARGET_SPEEDUP = 3.0
 async def _one_at_a_time(service: Any, prompts: list[Any], max_new: int,
                          stop: tuple[str, ...]) -> list[str]:
     from eval.loading import MODEL_NAME
-    from teacher.serving.service import GenerationParams, SampleResult
+    from teacher.serving.sampling import SamplingParams
+    from teacher.serving.service import SampleResult
 
-    params = GenerationParams(temperature=0.0, seed=0, max_new_tokens=max_new, stop=stop)
+    params = SamplingParams(temperature=0.0, seed=0, max_new_tokens=max_new, stop=stop)
     outputs = []
     for prompt in prompts:
         async for event in service.generate(MODEL_NAME, prompt, params):

@@ -120,16 +120,16 @@ def requests_for(concurrency: int, args) -> int:
 async def bench_engine(engine_name: str, model_dir: str, prompts, references, args) -> list[dict]:
     from teacher.serving.client import TeacherClient
     from teacher.serving.engine import EngineConfig, load_engine
+    from teacher.serving.sampling import SamplingParams
     from teacher.serving.server import ServerConfig, TeacherServer
     from teacher.serving.service import (
-        GenerationParams,
         Limits,
         ModelHost,
         ScoreItem,
         TeacherService,
     )
 
-    params = GenerationParams(
+    params = SamplingParams(
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, seed=0
     )
     # Every level and pass re-sends the same prompts: vLLM's prefix cache would serve

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import difflib
 import hashlib
@@ -201,7 +200,7 @@ def served_models(config: ExperimentConfig) -> dict[str, str]:
 def _data_job(config: ExperimentConfig, arm: ArmSettings) -> DataJob:
     from teacher.distill.job import GenerateConfig
 
-    known = {f.name for f in dataclasses.fields(GenerateConfig)}
+    known = GenerateConfig.setting_names()
     fixed = {"task", "split", "mode", "out", "model", "scorer_model", "limit", "data_dir",
              "progress"}
     for key in arm.generate:
@@ -379,9 +378,10 @@ def _job_config(plan_: Plan, job: DataJob, out: Path, progress: bool) -> Any:
     from teacher.distill.job import GenerateConfig
 
     c = plan_.config
-    return GenerateConfig(task=c.task, split="train", mode=job.mode, out=out / "data" / job.key,
-                          model=job.generator, scorer_model=job.scorer, limit=c.examples,
-                          data_dir=plan_.data_dir, progress=progress, **job.settings)
+    return GenerateConfig.from_settings(
+        task=c.task, split="train", mode=job.mode, out=out / "data" / job.key,
+        model=job.generator, scorer_model=job.scorer, limit=c.examples,
+        data_dir=plan_.data_dir, progress=progress, **job.settings)
 
 
 def data_job_done(config: Any) -> bool:

@@ -129,9 +129,9 @@ def _add_generate_parser(sub) -> None:
     )
     gen.add_argument("--task", required=True, help="gsm8k or bbh/<subtask>")
     gen.add_argument("--split", default="train")
-    gen.add_argument(
-        "--mode", required=True, choices=["trace", "rewrite", "best-of-n", "best_of_n"]
-    )
+    from teacher.distill.modes import cli_names
+
+    gen.add_argument("--mode", required=True, choices=cli_names())
     where = gen.add_mutually_exclusive_group(required=True)
     where.add_argument("--address", help="teacher server(s): HOST:PORT[,HOST:PORT...]")
     where.add_argument(
@@ -256,10 +256,10 @@ async def _ask(args) -> int:
     from pathlib import Path
 
     from teacher.serving.client import TeacherClient
-    from teacher.serving.service import GenerationParams
+    from teacher.serving.sampling import SamplingParams
 
     token = Path(args.token_file).read_text().strip() if args.token_file else None
-    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     async with TeacherClient(args.address, token=token) as client:
         async for message in client.generate_stream(
             [{"role": "user", "content": args.prompt}], params, model=args.model
@@ -288,8 +288,8 @@ async def _demo(args) -> int:
 
     from teacher.core import models
     from teacher.serving.client import TeacherClient
+    from teacher.serving.sampling import SamplingParams
     from teacher.serving.server import TeacherServer, build_service
-    from teacher.serving.service import GenerationParams
 
     name = args.model or models.DEFAULT_TEACHER
     config = _server_config(args, [f"teacher={name}"], 0)
@@ -320,7 +320,7 @@ async def _demo(args) -> int:
             print(f"\nQ: {args.question}\nA: ", end="", flush=True)
             final = None
             async for message in client.generate_stream(
-                prompt, GenerationParams(max_new_tokens=256, seed=0)
+                prompt, SamplingParams(max_new_tokens=256, seed=0)
             ):
                 if message.WhichOneof("event") == "chunk":
                     print(message.chunk.text, end="", flush=True)
@@ -366,7 +366,7 @@ async def _generate(args) -> int:
         assert len(worker) == 2
     except (ValueError, AssertionError):
         raise ValueError(f"--worker {args.worker!r}: use I/N, e.g. 0/4") from None
-    config = GenerateConfig(
+    config = GenerateConfig.from_settings(
         task=args.task,
         split=args.split,
         mode=args.mode,

@@ -37,7 +37,7 @@ class ServedModel:
         """Greedy outputs, in order. Prompts whose length leaves less room than
         ``max_new_tokens`` get what the context allows (they are grouped by that budget,
         so the rest still go to the engine together)."""
-        from teacher.serving.service import GenerationParams
+        from teacher.serving.sampling import SamplingParams
 
         context = self.context_length
         budgets = []
@@ -49,7 +49,7 @@ class ServedModel:
             if budget == 0:
                 continue  # the prompt fills the context: scored as a wrong, empty answer
             idx = [i for i, b in enumerate(budgets) if b == budget]
-            params = GenerationParams(temperature=0.0, seed=0, max_new_tokens=budget,
+            params = SamplingParams(temperature=0.0, seed=0, max_new_tokens=budget,
                                       stop=tuple(stop))
             for start in range(0, len(idx), _CHUNK):
                 part = idx[start : start + _CHUNK]

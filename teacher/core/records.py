@@ -24,12 +24,17 @@ class RecordError(ValueError):
     """A malformed record; the message starts with ``file:line:``."""
 
 
+# Candidate attributes stored under another key (on disk and on the wire); the
+# key "nll" predates the name that says it is a sum.
+CANDIDATE_KEYS = {"nll_sum": "nll"}
+
+
 @dataclass
 class Candidate:
     text: str
     answer: str | None = None  # the extracted final answer
     correct: bool | None = None
-    nll: float | None = None  # summed NLL under the scorer
+    nll_sum: float | None = None  # NLL summed over the tokens under the scorer (key "nll")
     num_tokens: int | None = None
     perplexity: float | None = None
     frac_above_threshold: float | None = None
@@ -51,7 +56,8 @@ class Record:
     reason: str = ""  # why this response was chosen
     chosen_index: int | None = None  # index into candidates, None for the reference
     candidates: list[Candidate] = field(default_factory=list)
-    # Scorer statistics of the chosen response and of the reference (per token).
+    # Scorer statistics of the chosen response and of the reference: mean NLL per
+    # token (*_nll) and token counts.
     response_nll: float | None = None
     response_tokens: int | None = None
     reference_nll: float | None = None
@@ -69,7 +75,11 @@ class Record:
     schema: str = SCHEMA
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        data = asdict(self)
+        data["candidates"] = [
+            {CANDIDATE_KEYS.get(k, k): v for k, v in c.items()} for c in data["candidates"]
+        ]
+        return json.dumps(data, ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "") -> Record:
@@ -83,7 +93,9 @@ class Record:
             raise RecordError(f"{prefix}unknown mode {data['mode']!r}; one of {MODES}")
         known = {f for f in cls.__dataclass_fields__}
         kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["candidates"] = [Candidate(**c) for c in data.get("candidates", [])]
+        attribute = {key: name for name, key in CANDIDATE_KEYS.items()}
+        kwargs["candidates"] = [Candidate(**{attribute.get(k, k): v for k, v in c.items()})
+                                for c in data.get("candidates", [])]
         return cls(**kwargs)
 
 

@@ -32,7 +32,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,12 @@ from teacher.core.records import Record, RecordError, iter_records, shard_paths
 from teacher.core.tasks import Example, get_task
 from teacher.distill.modes import (
     DEFAULT_PPL_THRESHOLD,
-    DEFAULT_TEMPERATURE,
     DistillOptions,
     example_record_base,
+    get_mode,
     normalize_mode,
 )
-from teacher.serving.service import GenerationParams
+from teacher.serving.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,11 @@ JOB_FILE = "job.json"
 SUMMARY_FILE = "summary.json"
 # What a restart must agree on; the rest (concurrency, limit, ...) may change.
 PINNED = ("task", "split", "mode", "model", "scorer_model", "template", "num_candidates", "seed")
+# The flat settings (CLI flags, experiment YAML keys, job.json) that make up
+# ``GenerateConfig.sampling``, with their defaults; temperature None = the mode's.
+SAMPLING_SETTINGS: dict[str, Any] = {
+    "temperature": None, "top_p": 0.95, "max_new_tokens": 0, "seed": 0,
+}
 
 
 class JobError(RuntimeError):
@@ -73,10 +78,10 @@ class GenerateConfig:
     data_dir: Path | None = None
     num_candidates: int = 0  # 0 = the mode default
     template: str = ""
-    temperature: float | None = None  # None = the mode default
-    top_p: float = 0.95
-    max_new_tokens: int = 0  # 0 = the template's
-    seed: int = 0
+    # Temperature, top_p (used only when sampling), max_new_tokens (0 = the template's)
+    # and the job seed each example's seed derives from (example_seed). None: the
+    # SAMPLING_SETTINGS defaults (the mode's temperature).
+    sampling: SamplingParams | None = None
     ppl_threshold: float = DEFAULT_PPL_THRESHOLD
     require_correct: bool = True
     fallback: str = "reference"
@@ -92,6 +97,10 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         self.mode = normalize_mode(self.mode)
         self.out = Path(self.out)
+        if self.sampling is None:
+            self.sampling = job_sampling(self.mode)
+        elif self.sampling.seed is None:
+            self.sampling = replace(self.sampling, seed=0)
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.limit is not None and self.limit < 0:
@@ -99,6 +108,32 @@ class GenerateConfig:
         if not 0 <= self.worker_index < self.num_workers:
             raise ValueError(f"worker {self.worker_index}/{self.num_workers}: the index must "
                              "be in [0, number of workers)")
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> GenerateConfig:
+        """A config from flat settings, spelled as the CLI and experiment YAML spell them:
+        ``temperature``, ``top_p``, ``max_new_tokens`` and ``seed`` make up ``sampling``."""
+        flat = {name: settings.pop(name) for name in SAMPLING_SETTINGS if name in settings}
+        config = cls(**settings)
+        if flat:
+            config.sampling = job_sampling(config.mode, **flat)
+        return config
+
+    @classmethod
+    def setting_names(cls) -> set[str]:
+        """What ``from_settings`` accepts."""
+        return {f.name for f in fields(cls)} - {"sampling"} | set(SAMPLING_SETTINGS)
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting under its flat name, in field order (what job.json records)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "sampling":
+                out.update({name: getattr(value, name) for name in SAMPLING_SETTINGS})
+            else:
+                out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
 
     @property
     def shard_prefix(self) -> str:
@@ -111,20 +146,17 @@ class GenerateConfig:
         return zlib.crc32(example_id.encode()) % self.num_workers == self.worker_index
 
     def options(self, example_id: str) -> DistillOptions:
-        temperature = self.temperature
-        if temperature is None:
-            temperature = DEFAULT_TEMPERATURE[self.mode]
+        s = self.sampling
         return DistillOptions(
             mode=self.mode,
             model=self.model,
             scorer_model=self.scorer_model,
             num_candidates=self.num_candidates,
             template=self.template,
-            sampling=GenerationParams(
-                temperature=temperature,
-                top_p=self.top_p if temperature > 0 else 1.0,
-                seed=example_seed(self.seed, example_id),
-                max_new_tokens=self.max_new_tokens,
+            sampling=replace(
+                s,
+                top_p=s.top_p if s.temperature > 0 else 1.0,
+                seed=example_seed(s.seed, example_id),
             ),
             ppl_threshold=self.ppl_threshold,
             require_correct=self.require_correct,
@@ -132,7 +164,16 @@ class GenerateConfig:
         )
 
     def pinned(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in PINNED}
+        settings = self.settings()
+        return {k: settings[k] for k in PINNED}
+
+
+def job_sampling(mode: str, **settings: Any) -> SamplingParams:
+    """The job's sampling from flat settings (``SAMPLING_SETTINGS``; the rest default)."""
+    values = {**SAMPLING_SETTINGS, **settings}
+    if values["temperature"] is None:
+        values["temperature"] = get_mode(mode).default_temperature
+    return SamplingParams(**values)
 
 
 def example_seed(seed: int, example_id: str) -> int:
@@ -254,7 +295,7 @@ def check_job_file(out: Path, config: GenerateConfig) -> None:
                 "or the same settings to resume"
             )
         return
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    settings = config.settings()
     path.write_text(json.dumps({"pinned": pinned, "settings": settings}, indent=2) + "\n")
 
 

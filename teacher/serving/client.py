@@ -25,7 +25,8 @@ from teacher.core.records import Record
 from teacher.core.tasks import Example
 from teacher.distill.modes import DistillOptions
 from teacher.serving import convert
-from teacher.serving.service import GenerationParams, SampleResult, ScoreItem
+from teacher.serving.sampling import SamplingParams
+from teacher.serving.service import SampleResult, ScoreItem
 from teacher.serving.tokenization import PromptInput
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -131,7 +132,7 @@ class TeacherClient:
     async def generate_stream(
         self,
         prompt: PromptInput,
-        params: GenerationParams | None = None,
+        params: SamplingParams | None = None,
         *,
         model: str = "",
         request_id: str | None = None,
@@ -140,7 +141,7 @@ class TeacherClient:
         request = pb.GenerateRequest(
             model=model,
             prompt=convert.prompt_to_pb(prompt),
-            sampling=convert.params_to_pb(params or GenerationParams()),
+            sampling=convert.params_to_pb(params or SamplingParams()),
         )
         metadata = self._call_metadata(request_id)
         last: grpc.aio.AioRpcError | None = None
@@ -168,7 +169,7 @@ class TeacherClient:
     async def generate(
         self,
         prompt: PromptInput,
-        params: GenerationParams | None = None,
+        params: SamplingParams | None = None,
         *,
         model: str = "",
         request_id: str | None = None,
@@ -188,7 +189,7 @@ class TeacherClient:
     async def generate_batch(
         self,
         prompts: Sequence[PromptInput],
-        params: GenerationParams | None = None,
+        params: SamplingParams | None = None,
         *,
         model: str = "",
         request_id: str | None = None,
@@ -197,7 +198,7 @@ class TeacherClient:
         request = pb.GenerateBatchRequest(
             model=model,
             prompts=[convert.prompt_to_pb(p) for p in prompts],
-            sampling=convert.params_to_pb(params or GenerationParams()),
+            sampling=convert.params_to_pb(params or SamplingParams()),
         )
         response = await self._unary("GenerateBatch", request, request_id, timeout_s)
         out = []

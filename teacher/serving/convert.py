@@ -1,15 +1,20 @@
-"""Pure converters between protobuf messages and the service's types."""
+"""Pure converters between protobuf messages and the service's types.
+
+The one place the wire's spellings meet the service's: sampling settings
+(``params_from_pb`` / ``params_to_pb``), stop reasons, distillation modes (from the
+mode registry), records (whose candidates keep their on-disk key names).
+"""
 
 from __future__ import annotations
 
 from teacher.api import teacher_pb2 as pb
-from teacher.core.records import Candidate, Record
+from teacher.core.records import CANDIDATE_KEYS, Candidate, Record
 from teacher.core.tasks import Example
-from teacher.distill.modes import DEFAULT_PPL_THRESHOLD, DistillOptions
+from teacher.distill.modes import DEFAULT_PPL_THRESHOLD, DistillOptions, mode_names, wire_value
 from teacher.serving.engine import ModelInfo
 from teacher.serving.errors import InvalidArgument
+from teacher.serving.sampling import SamplingParams
 from teacher.serving.service import (
-    GenerationParams,
     LogprobEntry,
     Provenance,
     SampleChunk,
@@ -42,8 +47,8 @@ def prompt_from_pb(prompt: pb.Prompt, field: str = "prompt") -> PromptInput:
     raise InvalidArgument(field, "set either text or chat")
 
 
-def params_from_pb(sampling: pb.SamplingParams) -> GenerationParams:
-    return GenerationParams(
+def params_from_pb(sampling: pb.SamplingParams) -> SamplingParams:
+    return SamplingParams(
         temperature=sampling.temperature,
         top_p=sampling.top_p,
         top_k=sampling.top_k,
@@ -197,7 +202,7 @@ def prompt_to_pb(prompt: PromptInput) -> pb.Prompt:
     )
 
 
-def params_to_pb(p: GenerationParams) -> pb.SamplingParams:
+def params_to_pb(p: SamplingParams) -> pb.SamplingParams:
     msg = pb.SamplingParams(
         temperature=p.temperature,
         top_p=p.top_p,
@@ -217,11 +222,7 @@ def params_to_pb(p: GenerationParams) -> pb.SamplingParams:
 
 # ---------------------------------------------------------------- Distill
 
-DISTILL_MODE_TO_PB = {
-    "trace": pb.DISTILL_MODE_TRACE,
-    "rewrite": pb.DISTILL_MODE_REWRITE,
-    "best_of_n": pb.DISTILL_MODE_BEST_OF_N,
-}
+DISTILL_MODE_TO_PB = {name: wire_value(name) for name in mode_names()}
 DISTILL_MODE_FROM_PB = {v: k for k, v in DISTILL_MODE_TO_PB.items()}
 
 
@@ -268,7 +269,8 @@ def distill_request_from_pb(request: pb.DistillRequest) -> tuple[Example, Distil
         raise InvalidArgument("example", "missing")
     mode = DISTILL_MODE_FROM_PB.get(request.mode)
     if mode is None:
-        raise InvalidArgument("mode", "set TRACE, REWRITE or BEST_OF_N")
+        *others, last = (name.upper() for name in DISTILL_MODE_TO_PB)
+        raise InvalidArgument("mode", f"set {', '.join(others)} or {last}")
     options = DistillOptions(
         mode=mode,
         model=request.model,
@@ -285,7 +287,7 @@ def distill_request_from_pb(request: pb.DistillRequest) -> tuple[Example, Distil
     return example_from_pb(request.example), options
 
 
-_CANDIDATE_OPTIONAL = ("answer", "correct", "nll", "num_tokens", "perplexity",
+_CANDIDATE_OPTIONAL = ("answer", "correct", "nll_sum", "num_tokens", "perplexity",
                        "frac_above_threshold")
 _RECORD_OPTIONAL = (
     "chosen_index",
@@ -303,15 +305,17 @@ _RECORD_PLAIN = ("id", "task", "split", "mode", "question", "reference", "target
 _MODEL_PROVENANCE = ("model", "revision", "engine", "engine_version")
 
 
-def _set_optional(msg, obj, names) -> None:
+def _set_optional(msg, obj, names, keys: dict[str, str] | None = None) -> None:
+    """Copy the attributes ``names`` that are set; ``keys`` renames attribute -> field."""
     for name in names:
         value = getattr(obj, name)
         if value is not None:
-            setattr(msg, name, value)
+            setattr(msg, (keys or {}).get(name, name), value)
 
 
-def _get_optional(msg, names) -> dict:
-    return {name: getattr(msg, name) if msg.HasField(name) else None for name in names}
+def _get_optional(msg, names, keys: dict[str, str] | None = None) -> dict:
+    fields = {name: (keys or {}).get(name, name) for name in names}
+    return {name: getattr(msg, f) if msg.HasField(f) else None for name, f in fields.items()}
 
 
 def _model_provenance_to_pb(p: dict) -> pb.Provenance:
@@ -319,22 +323,14 @@ def _model_provenance_to_pb(p: dict) -> pb.Provenance:
 
 
 def distill_provenance_to_pb(p: dict) -> pb.DistillProvenance:
-    sampling = p.get("sampling", {})
     usage = p.get("usage", {})
-    msg = pb.DistillProvenance(
+    return pb.DistillProvenance(
         generator=_model_provenance_to_pb(p.get("generator", {})),
         scorer=_model_provenance_to_pb(p.get("scorer", {})),
         template=p.get("template", ""),
         template_digest=p.get("template_digest", ""),
         prompt_template=p.get("prompt_template", ""),
-        sampling=pb.SamplingParams(
-            temperature=sampling.get("temperature", 0.0),
-            top_p=sampling.get("top_p", 0.0),
-            top_k=sampling.get("top_k", 0),
-            n=sampling.get("n", 0),
-            max_new_tokens=sampling.get("max_new_tokens", 0),
-            stop=sampling.get("stop", []),
-        ),
+        sampling=params_to_pb(SamplingParams.from_provenance(p)) if "sampling" in p else None,
         ppl_threshold=p.get("ppl_threshold", 0.0),
         require_correct=p.get("require_correct", True),
         fallback=p.get("fallback", ""),
@@ -344,28 +340,16 @@ def distill_provenance_to_pb(p: dict) -> pb.DistillProvenance:
         ),
         request_id=p.get("request_id", ""),
     )
-    if p.get("seed") is not None:
-        msg.sampling.seed = p["seed"]
-    return msg
 
 
 def distill_provenance_from_pb(p: pb.DistillProvenance) -> dict:
-    s = p.sampling
     return {
         "generator": {k: getattr(p.generator, k) for k in _MODEL_PROVENANCE},
         "scorer": {k: getattr(p.scorer, k) for k in _MODEL_PROVENANCE},
         "template": p.template,
         "template_digest": p.template_digest,
         "prompt_template": p.prompt_template,
-        "sampling": {
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-            "top_k": s.top_k,
-            "n": s.n,
-            "max_new_tokens": s.max_new_tokens,
-            "stop": list(s.stop),
-        },
-        "seed": s.seed if s.HasField("seed") else None,
+        **params_from_pb(p.sampling).provenance(),
         "ppl_threshold": p.ppl_threshold,
         "require_correct": p.require_correct,
         "fallback": p.fallback,
@@ -386,7 +370,7 @@ def record_to_pb(record: Record) -> pb.DistillRecord:
     _set_optional(msg, record, _RECORD_OPTIONAL)
     for c in record.candidates:
         cand = msg.candidates.add(text=c.text, rejected_because=c.rejected_because)
-        _set_optional(cand, c, _CANDIDATE_OPTIONAL)
+        _set_optional(cand, c, _CANDIDATE_OPTIONAL, CANDIDATE_KEYS)
     return msg
 
 
@@ -399,7 +383,7 @@ def record_from_pb(msg: pb.DistillRecord) -> Record:
             Candidate(
                 text=c.text,
                 rejected_because=c.rejected_because,
-                **_get_optional(c, _CANDIDATE_OPTIONAL),
+                **_get_optional(c, _CANDIDATE_OPTIONAL, CANDIDATE_KEYS),
             )
             for c in msg.candidates
         ],

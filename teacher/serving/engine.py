@@ -18,34 +18,26 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from teacher.serving.sampling import SamplingParams
 from teacher.serving.tokenization import PromptTokenizer
 
-FinishReason = Literal["eos", "length", "abort"]
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """Per-sequence sampling settings an engine must honour (one sample)."""
-
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    seed: int = 0
-    max_new_tokens: int = 128
-    min_new_tokens: int = 0  # EOS is suppressed until this many tokens exist
-    logprobs: bool = False  # raw (untempered) logprob of each sampled token
-    top_logprobs: int = 0  # how many alternatives per token
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
+# "error": the engine failed this one request (it keeps serving the others).
+FinishReason = Literal["eos", "length", "abort", "error"]
 
 
 @dataclass(frozen=True)
 class EngineRequest:
     request_id: str
     prompt_ids: Sequence[int]
-    sampling: SamplingOptions
+    sampling: SamplingParams  # one sample's settings: see SamplingParams.for_sample
+
+    def __post_init__(self) -> None:
+        s = self.sampling
+        if s.n != 1 or s.seed is None or s.max_new_tokens < 1:
+            raise ValueError(
+                "an engine request samples once with a seed and a token budget: "
+                "pass SamplingParams.for_sample(index, default_max_new_tokens)"
+            )
 
 
 @dataclass(frozen=True)

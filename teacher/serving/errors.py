@@ -21,7 +21,3 @@ class ResourceExhausted(TeacherError):
 
 class EngineUnavailable(TeacherError):
     """The engine failed or is shutting down; the model is not serving."""
-
-
-class Cancelled(TeacherError):
-    """The caller went away (cancel or deadline) before the work finished."""

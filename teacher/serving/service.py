@@ -17,16 +17,17 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from teacher.serving.engine import Engine, EngineRequest, ModelInfo, SamplingOptions, ScoreInput
+from teacher.serving.engine import Engine, EngineRequest, ModelInfo, ScoreInput
 from teacher.serving.errors import EngineUnavailable, InvalidArgument, ResourceExhausted
+from teacher.serving.sampling import SamplingParams
 from teacher.serving.tokenization import PromptInput, PromptTokenizer, StreamDecoder
 
 log = logging.getLogger(__name__)
 
 STOP_REASONS = ("max_tokens", "eos", "stop_sequence", "cancelled", "time_limit", "error")
-_ENGINE_FINISH = {"eos": "eos", "length": "max_tokens", "abort": "cancelled"}
+_ENGINE_FINISH = {"eos": "eos", "length": "max_tokens", "abort": "cancelled", "error": "error"}
 
 
 @dataclass(frozen=True)
@@ -45,21 +46,6 @@ class Limits:
     # Scored (prompt, completion) pairs remembered per model: a data job scores each
     # reference once per mode, and the engine's output for the same tokens is the same.
     score_cache_items: int = 4096
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    n: int = 1
-    max_new_tokens: int = 0  # 0: the server default
-    min_new_tokens: int = 0
-    stop: tuple[str, ...] = ()
-    logprobs: bool = False
-    top_logprobs: int = 0
-    time_limit_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -88,11 +74,11 @@ class SampleResult:
     stop_sequence: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    queue_s: float = 0.0
+    queue_s: float = 0.0  # admitted -> the engine's first output for it (slot wait + prefill)
     time_to_first_token_s: float = 0.0
     total_s: float = 0.0
     tokens_per_s: float = 0.0
-    error: str = ""
+    error: str = ""  # with stop_reason "error": the engine failed this sample only
     provenance: Provenance | None = None
 
 
@@ -299,7 +285,7 @@ class TeacherService:
 
     # ------------------------------------------------------------ generate
 
-    def check_params(self, host: ModelHost, params: GenerationParams) -> GenerationParams:
+    def check_params(self, host: ModelHost, params: SamplingParams) -> SamplingParams:
         """Validate and fill defaults (max_new_tokens, seed)."""
         lim = self.limits
         finite = all(
@@ -345,27 +331,22 @@ class TeacherService:
         else:
             top_p = params.top_p if params.top_p > 0 else 1.0
             top_k = params.top_k
-        return GenerationParams(
-            temperature=params.temperature,
+        return replace(
+            params,
             top_p=top_p,
             top_k=top_k,
             seed=seed,
-            n=params.n,
             max_new_tokens=max_new,
-            min_new_tokens=params.min_new_tokens,
-            stop=tuple(params.stop),
             logprobs=params.logprobs or params.top_logprobs > 0,
-            top_logprobs=params.top_logprobs,
-            time_limit_s=params.time_limit_s,
         )
 
     def prepare_generation(
         self,
         model: str,
         prompts: Sequence[PromptInput],
-        params: GenerationParams,
+        params: SamplingParams,
         prompt_field: str = "prompt",
-    ) -> tuple[ModelHost, list[list[int]], GenerationParams]:
+    ) -> tuple[ModelHost, list[list[int]], SamplingParams]:
         host = self.host(model)
         params = self.check_params(host, params)
         encoded = []
@@ -387,22 +368,23 @@ class TeacherService:
         return host, encoded, params
 
     async def generate(
-        self, model: str, prompt: PromptInput, params: GenerationParams, request_id: str = ""
+        self, model: str, prompt: PromptInput, params: SamplingParams, request_id: str = ""
     ) -> AsyncIterator[SampleChunk | SampleResult]:
         """Stream chunks and one final result per sample (merged over ``n``)."""
         received = time.perf_counter()
         host, (ids,), params = self.prepare_generation(model, [prompt], params)
         request_id = request_id or uuid.uuid4().hex
         with host.admit():
+            times = (received, time.perf_counter())
             if params.n == 1:
-                async for event in self._sample(host, ids, params, 0, request_id, received):
+                async for event in self._sample(host, ids, params, 0, request_id, times):
                     yield event
                 return
             queue: asyncio.Queue = asyncio.Queue()
 
             async def pump(index: int) -> None:
                 try:
-                    async for event in self._sample(host, ids, params, index, request_id, received):
+                    async for event in self._sample(host, ids, params, index, request_id, times):
                         await queue.put(event)
                 except Exception as exc:  # surfaced to the consumer below
                     await queue.put(exc)
@@ -426,9 +408,9 @@ class TeacherService:
         self,
         model: str,
         prompts: Sequence[PromptInput],
-        params: GenerationParams,
+        params: SamplingParams,
         request_id: str = "",
-    ) -> tuple[list[list[SampleResult]], GenerationParams, ModelHost]:
+    ) -> tuple[list[list[SampleResult]], SamplingParams, ModelHost]:
         received = time.perf_counter()
         if not prompts:
             raise InvalidArgument("prompts", "no prompts")
@@ -439,10 +421,10 @@ class TeacherService:
         host, encoded, params = self.prepare_generation(model, prompts, params, "prompts")
         request_id = request_id or uuid.uuid4().hex
 
-        async def run(p: int, index: int) -> SampleResult:
+        async def run(p: int, index: int, times: tuple[float, float]) -> SampleResult:
             final: SampleResult | None = None
             async for event in self._sample(
-                host, encoded[p], params, index, request_id, received, tag=f"-p{p}"
+                host, encoded[p], params, index, request_id, times, tag=f"-p{p}"
             ):
                 if isinstance(event, SampleResult):
                     final = event
@@ -450,8 +432,9 @@ class TeacherService:
             return final
 
         with host.admit():
+            times = (received, time.perf_counter())
             flat = await asyncio.gather(
-                *(run(p, i) for p in range(len(prompts)) for i in range(params.n))
+                *(run(p, i, times) for p in range(len(prompts)) for i in range(params.n))
             )
         n = params.n
         return [flat[p * n : (p + 1) * n] for p in range(len(prompts))], params, host
@@ -460,25 +443,18 @@ class TeacherService:
         self,
         host: ModelHost,
         prompt_ids: list[int],
-        params: GenerationParams,
+        params: SamplingParams,
         index: int,
         request_id: str,
-        received: float,
+        times: tuple[float, float],
         tag: str = "",
     ) -> AsyncIterator[SampleChunk | SampleResult]:
+        """One sample; ``times`` = (request received, request admitted), perf_counter."""
         assert params.seed is not None
+        received, admitted = times
         engine = host.engine
         tokenizer = engine.tokenizer
-        options = SamplingOptions(
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
-            seed=(params.seed + index) % 2**63,
-            max_new_tokens=params.max_new_tokens,
-            min_new_tokens=params.min_new_tokens,
-            logprobs=params.logprobs,
-            top_logprobs=params.top_logprobs,
-        )
+        sampling = params.for_sample(index, self.limits.default_max_new_tokens)
         engine_id = f"{request_id}{tag}-{index}-{uuid.uuid4().hex[:8]}"
         decoder = StreamDecoder(tokenizer, params.stop)
         result = SampleResult(
@@ -487,9 +463,9 @@ class TeacherService:
             prompt_tokens=len(prompt_ids),
             provenance=self.provenance(host, params.seed, request_id),
         )
-        first_token_at = 0.0
+        first_token_at = first_output_at = 0.0
         finished = False
-        stream = engine.generate(EngineRequest(engine_id, prompt_ids, options))
+        stream = engine.generate(EngineRequest(engine_id, prompt_ids, sampling))
         try:
             deadline = None
             if params.time_limit_s > 0:  # counted from when the request arrived
@@ -499,6 +475,9 @@ class TeacherService:
                 try:
                     async with asyncio.timeout_at(deadline):
                         async for out in stream:
+                            if not first_output_at:  # the engine's first step for it
+                                first_output_at = time.perf_counter()
+                                result.queue_s = first_output_at - admitted
                             ids = [t.token_id for t in out.tokens]
                             if ids and not first_token_at:
                                 first_token_at = time.perf_counter()
@@ -511,6 +490,8 @@ class TeacherService:
                                 result.stop_sequence = delta.stop_sequence
                             elif out.finish is not None:
                                 result.stop_reason = _ENGINE_FINISH[out.finish]
+                                if out.finish == "error":
+                                    result.error = f"engine {host.info.engine!r} failed this sample"
                             if ids or delta.text:
                                 yield SampleChunk(index, delta.text, tuple(ids), tuple(entries))
                             if result.stop_reason:
@@ -543,7 +524,7 @@ class TeacherService:
         yield result
 
     @staticmethod
-    def _logprob_entries(tokenizer, steps, params: GenerationParams) -> list[LogprobEntry]:
+    def _logprob_entries(tokenizer, steps, params: SamplingParams) -> list[LogprobEntry]:
         if not params.logprobs:
             return []
         entries = []

@@ -16,7 +16,6 @@ from teacher.api import teacher_pb2_grpc as pb_grpc
 from teacher.distill.modes import distill_example
 from teacher.serving import convert
 from teacher.serving.errors import (
-    Cancelled,
     EngineUnavailable,
     InvalidArgument,
     ResourceExhausted,
@@ -33,7 +32,6 @@ STATUS_FOR = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineUnavailable: grpc.StatusCode.UNAVAILABLE,
-    Cancelled: grpc.StatusCode.CANCELLED,
 }
 
 

@@ -16,21 +16,17 @@ from teacher.core.records import SCHEMA, Candidate, Record, read_records
 from teacher.core.tasks import Example, get_task
 from teacher.core.templates import GSM8K_COT_8SHOT, GSM8K_REWRITE, GSM8K_REWRITE_V1, get_template
 from teacher.distill.job import GenerateConfig, run_job
-from teacher.distill.modes import (
-    DEFAULT_TEMPLATES,
-    DistillOptions,
-    normalize_mode,
-    reasoning_words,
-    template_leak,
-)
+from teacher.distill.modes import DistillOptions, get_mode, normalize_mode, reasoning_words
+from teacher.distill.modes.rewrite import template_leak
 from teacher.serving import convert
 from teacher.serving.client import TeacherClient
 from teacher.serving.engine import EngineConfig, load_engine
+from teacher.serving.sampling import SamplingParams
 from teacher.serving.server import ServerConfig, TeacherServer
-from teacher.serving.service import GenerationParams, ModelHost, TeacherService
+from teacher.serving.service import ModelHost, TeacherService
 
 # float32-exact values: SamplingParams carries floats, not doubles.
-TINY = GenerationParams(temperature=0.75, max_new_tokens=8, seed=7)
+TINY = SamplingParams(temperature=0.75, max_new_tokens=8, seed=7)
 
 # ---------------------------------------------------------------- no model
 
@@ -57,7 +53,7 @@ def test_bare_answers_have_no_reasoning():
 def test_distill_templates_are_versioned_and_render():
     assert get_template("gsm8k-sdft-rewrite@v1") is GSM8K_REWRITE_V1
     assert get_template("gsm8k-sdft-rewrite") is GSM8K_REWRITE  # the newest: v2
-    assert DEFAULT_TEMPLATES[("trace", "gsm8k")] is GSM8K_COT_8SHOT  # few-shot CoT
+    assert get_mode("trace").templates["gsm8k"] is GSM8K_COT_8SHOT  # few-shot CoT
     rewrite = GSM8K_REWRITE_V1.render(question="Q {x}", reference="R\n#### 1")[0]["content"]
     assert rewrite.startswith("Below are an instruction that describes a task along with a "
                               "reference answer. Using the reference answer as a guide, write "
@@ -83,10 +79,10 @@ def _record() -> Record:
         reason="lowest perplexity",
         chosen_index=1,
         candidates=[
-            Candidate(text="x", answer=None, correct=False, nll=2.5, num_tokens=1,
+            Candidate(text="x", answer=None, correct=False, nll_sum=2.5, num_tokens=1,
                       perplexity=math.exp(2.5), frac_above_threshold=1.0,
                       rejected_because="no answer"),
-            Candidate(text="a\n#### 3", answer="3", correct=True, nll=1.25, num_tokens=5,
+            Candidate(text="a\n#### 3", answer="3", correct=True, nll_sum=1.25, num_tokens=5,
                       perplexity=math.exp(0.25), frac_above_threshold=0.0),
         ],
         response_nll=0.25,
@@ -167,8 +163,8 @@ def check_record(record: Record, mode: str, n: int) -> None:
     assert len(record.candidates) == n
     for c in record.candidates:
         if c.text:
-            assert c.num_tokens > 0 and c.nll >= 0 and c.perplexity >= 1
-            assert math.isclose(c.perplexity, math.exp(c.nll / c.num_tokens), rel_tol=1e-6)
+            assert c.num_tokens > 0 and c.nll_sum >= 0 and c.perplexity >= 1
+            assert math.isclose(c.perplexity, math.exp(c.nll_sum / c.num_tokens), rel_tol=1e-6)
             assert 0 <= c.frac_above_threshold <= 1
         assert c.correct in (True, False)
         assert c.correct or c.rejected_because or mode == "trace"
@@ -199,7 +195,7 @@ async def test_each_mode_on_8_gsm8k_examples(mode, client, data_dir, tmp_path):
     # trace keeps its default 8-shot completion prompt; best-of-n takes the short
     # zero-shot chat prompt (both paths covered, and the test stays fast).
     template = "gsm8k-cot-zeroshot" if mode == "best-of-n" else ""
-    config = GenerateConfig(
+    config = GenerateConfig.from_settings(
         task="gsm8k", split="train", mode=mode, out=tmp_path, model="teacher",
         scorer_model="scorer", limit=8, data_dir=data_dir, num_candidates=n,
         template=template, max_new_tokens=8, progress=False,
@@ -221,7 +217,7 @@ async def test_each_mode_on_8_gsm8k_examples(mode, client, data_dir, tmp_path):
 @pytest.mark.slow
 async def test_trace_keep_incorrect_chooses_lowest_perplexity(client, data_dir):
     example = get_task("gsm8k").load("train", data_dir, 1)[0]
-    sampling = GenerationParams(temperature=0.75, max_new_tokens=16, seed=7)
+    sampling = SamplingParams(temperature=0.75, max_new_tokens=16, seed=7)
     options = DistillOptions(mode="trace", model="teacher", scorer_model="scorer",
                              num_candidates=3, template="gsm8k-cot-zeroshot",
                              sampling=sampling, require_correct=False)
@@ -238,7 +234,7 @@ async def test_trace_keep_incorrect_chooses_lowest_perplexity(client, data_dir):
 @pytest.mark.slow
 async def test_reject_on_failure(client, data_dir):
     example = get_task("gsm8k").load("train", data_dir, 1)[0]
-    options = DistillOptions(mode="rewrite", model="teacher", sampling=GenerationParams(
+    options = DistillOptions(mode="rewrite", model="teacher", sampling=SamplingParams(
         max_new_tokens=4, seed=0), fallback="reject")
     record = await client.distill(example, options)
     # Four tokens cannot end in "#### 72": the rewrite fails and nothing is kept.
@@ -271,7 +267,7 @@ async def test_bad_examples_are_invalid_argument(client, change, field):
     ("options", "field"),
     [
         (DistillOptions(mode="best_of_n", num_candidates=3,
-                        sampling=GenerationParams(max_new_tokens=4)), "sampling.temperature"),
+                        sampling=SamplingParams(max_new_tokens=4)), "sampling.temperature"),
         (DistillOptions(mode="trace", scorer_model="nope", sampling=TINY), "scorer_model"),
         (DistillOptions(mode="trace", template="bbh-cot-zeroshot", sampling=TINY), "template"),
         (DistillOptions(mode="rewrite", template="gsm8k-cot-8shot", sampling=TINY),

@@ -7,7 +7,9 @@ import asyncio
 
 import pytest
 
-from teacher.serving.engine import EngineConfig, EngineRequest, SamplingOptions, load_engine
+from teacher.serving.engine import EngineConfig, EngineRequest, load_engine
+from teacher.serving.sampling import SamplingParams
+from tests.teacher.helpers import one_sample
 
 QUESTIONS = ["What is the capital of France?", "Name three primary colours.",
              "Count from one to five.", "What is 12 times 12?", "Say hello in Spanish."]
@@ -26,7 +28,7 @@ def _prompt(engine, text: str) -> list[int]:
     return list(engine.tokenizer.encode_prompt([{"role": "user", "content": text}]))
 
 
-async def _run(engine, rid: str, prompt: list[int], options: SamplingOptions,
+async def _run(engine, rid: str, prompt: list[int], options: SamplingParams,
                events: list[tuple[str, str]] | None = None) -> list[int]:
     tokens: list[int] = []
     async for out in engine.generate(EngineRequest(rid, prompt, options)):
@@ -40,8 +42,8 @@ async def _run(engine, rid: str, prompt: list[int], options: SamplingOptions,
 
 @pytest.mark.slow
 async def test_late_requests_join_the_running_batch(engine):
-    greedy = SamplingOptions(max_new_tokens=24, min_new_tokens=24)
-    sampled = SamplingOptions(temperature=0.8, top_p=0.9, seed=7, max_new_tokens=12)
+    greedy = one_sample(max_new_tokens=24, min_new_tokens=24)
+    sampled = one_sample(temperature=0.8, top_p=0.9, seed=7, max_new_tokens=12)
     prompts = [_prompt(engine, q) for q in QUESTIONS]
     # Alone, one at a time: the reference outputs.
     alone = [await _run(engine, f"a{i}", p, greedy) for i, p in enumerate(prompts)]
@@ -84,10 +86,10 @@ async def test_packed_prefill_with_shared_prefix_matches_solo_runs(engine):
     prompts = [list(engine.tokenizer.encode_prompt([system, {"role": "user", "content": q}]))
                for q in QUESTIONS[:3]]
     prompts.append(prompts[0])  # a second sample of the same prompt (n > 1)
-    options = [SamplingOptions(max_new_tokens=16, min_new_tokens=16),
-               SamplingOptions(max_new_tokens=16, min_new_tokens=16),
-               SamplingOptions(temperature=0.8, seed=3, max_new_tokens=16),
-               SamplingOptions(temperature=0.8, seed=4, max_new_tokens=16)]
+    options = [one_sample(max_new_tokens=16, min_new_tokens=16),
+               one_sample(max_new_tokens=16, min_new_tokens=16),
+               one_sample(temperature=0.8, seed=3, max_new_tokens=16),
+               one_sample(temperature=0.8, seed=4, max_new_tokens=16)]
     alone = [await _run(engine, f"a{i}", p, o)
              for i, (p, o) in enumerate(zip(prompts, options, strict=True))]
 

@@ -22,12 +22,13 @@ from teacher.serving.engine import (
     EngineLoad,
     EngineOutput,
     EngineRequest,
-    SamplingOptions,
     ScoreInput,
     load_engine,
 )
 from teacher.serving.engines.vllm import VLLMEngine
 from teacher.serving.errors import EngineUnavailable, InvalidArgument
+from teacher.serving.sampling import SamplingParams
+from tests.teacher.helpers import one_sample
 
 pytestmark = pytest.mark.vllm
 
@@ -113,7 +114,7 @@ async def test_greedy_matches_transformers(engine, hf, prompts):
 
     max_new = 24
     requests = [
-        EngineRequest(f"greedy-{i}", p, SamplingOptions(max_new_tokens=max_new))
+        EngineRequest(f"greedy-{i}", p, one_sample(max_new_tokens=max_new))
         for i, p in enumerate(prompts)
     ]
     t0 = time.perf_counter()
@@ -142,7 +143,7 @@ async def test_greedy_matches_transformers(engine, hf, prompts):
 
 async def test_generation_stops_at_eos(engine, prompts):
     outputs = await collect(
-        engine, EngineRequest("eos-0", prompts[0], SamplingOptions(max_new_tokens=200))
+        engine, EngineRequest("eos-0", prompts[0], one_sample(max_new_tokens=200))
     )
     got = tokens_of(outputs)
     assert outputs[-1].finish == "eos"
@@ -153,14 +154,14 @@ async def test_generation_stops_at_eos(engine, prompts):
 async def test_min_tokens_suppresses_eos(engine, prompts):
     short = tokens_of(
         await collect(
-            engine, EngineRequest("min-a", prompts[0], SamplingOptions(max_new_tokens=200))
+            engine, EngineRequest("min-a", prompts[0], one_sample(max_new_tokens=200))
         )
     )
     floor = len(short) + 5
     outputs = await collect(
         engine,
         EngineRequest(
-            "min-b", prompts[0], SamplingOptions(max_new_tokens=200, min_new_tokens=floor)
+            "min-b", prompts[0], one_sample(max_new_tokens=200, min_new_tokens=floor)
         ),
     )
     got = tokens_of(outputs)
@@ -173,7 +174,7 @@ async def test_logprobs_match_transformers(engine, hf, prompts):
     top_n = 5
     for i, prompt in enumerate(prompts[:3]):
         # Sampling at a low temperature: the returned logprobs must still be the raw ones.
-        opts = SamplingOptions(
+        opts = one_sample(
             temperature=0.7, seed=11, max_new_tokens=16, logprobs=True, top_logprobs=top_n
         )
         outputs = await collect(engine, EngineRequest(f"lp-{i}", prompt, opts))
@@ -193,7 +194,7 @@ async def test_logprobs_match_transformers(engine, hf, prompts):
 
 
 async def test_logprob_only_without_alternatives(engine, prompts):
-    opts = SamplingOptions(max_new_tokens=4, logprobs=True)
+    opts = one_sample(max_new_tokens=4, logprobs=True)
     steps = [
         s
         for o in await collect(engine, EngineRequest("lp-only", prompts[0], opts))
@@ -203,7 +204,7 @@ async def test_logprob_only_without_alternatives(engine, prompts):
     plain = [
         s
         for o in await collect(
-            engine, EngineRequest("no-lp", prompts[0], SamplingOptions(max_new_tokens=4))
+            engine, EngineRequest("no-lp", prompts[0], one_sample(max_new_tokens=4))
         )
         for s in o.tokens
     ]
@@ -211,8 +212,8 @@ async def test_logprob_only_without_alternatives(engine, prompts):
 
 
 async def test_sampling_seeds(engine, prompts):
-    def opts(seed: int) -> SamplingOptions:
-        return SamplingOptions(temperature=1.0, top_p=0.95, top_k=50, seed=seed, max_new_tokens=32)
+    def opts(seed: int) -> SamplingParams:
+        return one_sample(temperature=1.0, top_p=0.95, top_k=50, seed=seed, max_new_tokens=32)
 
     a, b, c = await asyncio.gather(
         collect(engine, EngineRequest("seed-a", prompts[1], opts(1))),
@@ -233,8 +234,8 @@ async def test_seeded_sampling_over_long_prompts_survives_batching(engine):
     assert 300 < len(long_prompt) < 1000
     n = 8192 // len(long_prompt) + 4  # the prompts overflow the 8192-token step budget
 
-    def opts(i: int) -> SamplingOptions:
-        return SamplingOptions(temperature=0.8, seed=i, max_new_tokens=4)
+    def opts(i: int) -> SamplingParams:
+        return one_sample(temperature=0.8, seed=i, max_new_tokens=4)
 
     outs = await asyncio.gather(*(collect(engine, EngineRequest(f"long-{i}", long_prompt,
                                                                  opts(i % 2)))
@@ -280,7 +281,7 @@ async def wait_idle(engine, timeout: float = 10.0) -> None:
 
 
 async def test_closing_the_stream_aborts(engine, prompts):
-    opts = SamplingOptions(max_new_tokens=400, min_new_tokens=400)
+    opts = one_sample(max_new_tokens=400, min_new_tokens=400)
     gen = engine.generate(EngineRequest("close-early", prompts[1], opts))
     first = asyncio.create_task(anext(gen))
     await asyncio.sleep(0)  # submitted, no output yet
@@ -295,7 +296,7 @@ async def test_closing_the_stream_aborts(engine, prompts):
 
 
 async def test_cancelling_the_consumer_aborts(engine, prompts):
-    opts = SamplingOptions(max_new_tokens=400, min_new_tokens=400)
+    opts = one_sample(max_new_tokens=400, min_new_tokens=400)
     first = asyncio.Event()
 
     async def consume():
@@ -313,7 +314,7 @@ async def test_cancelling_the_consumer_aborts(engine, prompts):
 
 
 async def test_abort_by_id(engine, prompts):
-    opts = SamplingOptions(max_new_tokens=400, min_new_tokens=400)
+    opts = one_sample(max_new_tokens=400, min_new_tokens=400)
     outputs = []
     async for out in engine.generate(EngineRequest("abort-me", prompts[1], opts)):
         outputs.append(out)
@@ -326,7 +327,7 @@ async def test_abort_by_id(engine, prompts):
 
 
 async def test_single_stream_throughput(engine, prompts):
-    opts = SamplingOptions(max_new_tokens=64, min_new_tokens=64)
+    opts = one_sample(max_new_tokens=64, min_new_tokens=64)
     t0 = time.perf_counter()
     got = tokens_of(await collect(engine, EngineRequest("speed", prompts[0], opts)))
     elapsed = time.perf_counter() - t0
@@ -337,7 +338,7 @@ async def test_single_stream_throughput(engine, prompts):
 async def test_too_long_prompts_are_invalid(engine, prompts):
     long_prompt = list(prompts[0]) * 200
     with pytest.raises(InvalidArgument):
-        await collect(engine, EngineRequest("too-long", long_prompt, SamplingOptions()))
+        await collect(engine, EngineRequest("too-long", long_prompt, one_sample()))
     with pytest.raises(InvalidArgument):
         await engine.score([ScoreInput(long_prompt, [1, 2, 3])])
     assert engine.load() == EngineLoad(0, 0)
@@ -348,7 +349,7 @@ async def test_not_started_is_unavailable():
     with pytest.raises(EngineUnavailable):
         eng.info()
     with pytest.raises(EngineUnavailable):
-        await collect(eng, EngineRequest("x", [1, 2], SamplingOptions()))
+        await collect(eng, EngineRequest("x", [1, 2], one_sample()))
     await eng.abort("x")
     await eng.shutdown()
 
@@ -357,7 +358,7 @@ async def test_not_started_is_unavailable():
 async def test_engine_death_is_unavailable(engine, prompts):
     psutil = pytest.importorskip("psutil")
 
-    opts = SamplingOptions(max_new_tokens=400, min_new_tokens=400)
+    opts = one_sample(max_new_tokens=400, min_new_tokens=400)
     gen = engine.generate(EngineRequest("doomed", prompts[1], opts))
     await anext(gen)
     cores = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in p.name()]
@@ -367,7 +368,7 @@ async def test_engine_death_is_unavailable(engine, prompts):
         async for _ in gen:
             pass
     with pytest.raises(EngineUnavailable):
-        await collect(engine, EngineRequest("after", prompts[0], SamplingOptions()))
+        await collect(engine, EngineRequest("after", prompts[0], one_sample()))
     with pytest.raises(EngineUnavailable):
         await engine.score([ScoreInput(prompts[0], [1])])
     assert engine.load() == EngineLoad(0, 0)

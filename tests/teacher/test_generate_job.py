@@ -32,6 +32,7 @@ from teacher.distill.job import (
     summarize,
 )
 from teacher.serving.engine import EngineConfig, load_engine
+from teacher.serving.sampling import SamplingParams
 from teacher.serving.server import ServerConfig, TeacherServer
 from teacher.serving.service import ModelHost, TeacherService
 
@@ -102,6 +103,30 @@ def test_restart_with_other_settings_is_refused(tmp_path):
     with pytest.raises(JobError, match="mode: 'rewrite' -> 'trace'"):
         check_job_file(tmp_path, GenerateConfig(task="gsm8k", split="train", mode="trace",
                                                 out=tmp_path))
+
+
+def test_flat_sampling_settings_make_up_the_job_sampling(tmp_path):
+    config = GenerateConfig.from_settings(task="gsm8k", split="train", mode="trace",
+                                          out=tmp_path, temperature=0.5, max_new_tokens=16,
+                                          seed=3)
+    assert config.sampling == SamplingParams(temperature=0.5, top_p=0.95, max_new_tokens=16,
+                                             seed=3)
+    options = config.options("gsm8k/train/000001")
+    assert options.sampling.seed == example_seed(3, "gsm8k/train/000001")
+    greedy = GenerateConfig.from_settings(task="gsm8k", split="train", mode="rewrite",
+                                          out=tmp_path).options("x").sampling
+    assert greedy.temperature == 0.0 and greedy.top_p == 1.0  # the mode's default
+    assert {"temperature", "top_p", "max_new_tokens", "seed", "concurrency"} <= (
+        GenerateConfig.setting_names())
+    assert "sampling" not in GenerateConfig.setting_names()
+    check_job_file(tmp_path, config)
+    job = json.loads((tmp_path / "job.json").read_text())
+    assert job["pinned"]["seed"] == 3
+    assert list(job["settings"]) == [
+        "task", "split", "mode", "out", "model", "scorer_model", "limit", "data_dir",
+        "num_candidates", "template", "temperature", "top_p", "max_new_tokens", "seed",
+        "ppl_threshold", "require_correct", "fallback", "concurrency", "shard_size",
+        "num_workers", "worker_index", "dedup", "near_dup_threshold", "timeout_s", "progress"]
 
 
 def test_example_seed_is_stable_and_distinct():

@@ -17,8 +17,9 @@ from teacher.api import teacher_pb2 as pb
 from teacher.api import teacher_pb2_grpc as pb_grpc
 from teacher.serving.client import TeacherClient, TeacherUnavailableError
 from teacher.serving.engine import EngineConfig, load_engine
+from teacher.serving.sampling import SamplingParams
 from teacher.serving.server import ServerConfig, TeacherServer
-from teacher.serving.service import GenerationParams, ModelHost, TeacherService
+from teacher.serving.service import ModelHost, TeacherService
 from tests.conftest import ENGINES
 
 pytestmark = pytest.mark.slow
@@ -82,7 +83,7 @@ async def wait_idle(client: TeacherClient, timeout_s: float = 20.0) -> None:
 
 async def test_stream_chunks_add_up_to_final(client):
     chunks, finals = [], []
-    async for message in client.generate_stream(CHAT, GenerationParams(max_new_tokens=24, seed=3)):
+    async for message in client.generate_stream(CHAT, SamplingParams(max_new_tokens=24, seed=3)):
         (chunks if message.WhichOneof("event") == "chunk" else finals).append(message)
     assert len(finals) == 1 and chunks
     final = finals[0].final
@@ -99,15 +100,15 @@ async def test_stream_chunks_add_up_to_final(client):
 
 
 async def test_max_tokens_and_stop_sequence(client):
-    (r,) = await client.generate("1, 2, 3, 4,", GenerationParams(max_new_tokens=5))
+    (r,) = await client.generate("1, 2, 3, 4,", SamplingParams(max_new_tokens=5))
     assert r.stop_reason == "max_tokens" and r.completion_tokens == 5
-    (r,) = await client.generate("1, 2, 3, 4,", GenerationParams(max_new_tokens=40, stop=["8"]))
+    (r,) = await client.generate("1, 2, 3, 4,", SamplingParams(max_new_tokens=40, stop=["8"]))
     assert r.stop_reason == "stop_sequence" and r.stop_sequence == "8"
     assert "8" not in r.text and r.text.strip().startswith("5")
 
 
 async def test_seeded_sampling_is_reproducible(client):
-    params = GenerationParams(max_new_tokens=16, temperature=1.0, seed=1234, n=3)
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=1234, n=3)
     first = await client.generate("Once upon a time", params)
     second = await client.generate("Once upon a time", params)
     assert [s.token_ids for s in first] == [s.token_ids for s in second]
@@ -115,7 +116,7 @@ async def test_seeded_sampling_is_reproducible(client):
 
 
 async def test_logprobs_and_top_alternatives(client):
-    params = GenerationParams(max_new_tokens=6, top_logprobs=3)
+    params = SamplingParams(max_new_tokens=6, top_logprobs=3)
     (r,) = await client.generate(CHAT, params)
     assert len(r.logprobs) == len(r.token_ids)
     for entry, token in zip(r.logprobs, r.token_ids, strict=True):
@@ -128,11 +129,11 @@ async def test_logprobs_and_top_alternatives(client):
 
 async def test_batch_matches_stream(client):
     prompts = ["The sky is", CHAT, "def fib(n):"]
-    params = GenerationParams(max_new_tokens=12, n=2)
+    params = SamplingParams(max_new_tokens=12, n=2)
     batch = await client.generate_batch(prompts, params)
     assert [len(samples) for samples in batch] == [2, 2, 2]
     for prompt, samples in zip(prompts, batch, strict=True):
-        (single,) = await client.generate(prompt, GenerationParams(max_new_tokens=12))
+        (single,) = await client.generate(prompt, SamplingParams(max_new_tokens=12))
         assert samples[0].token_ids == single.token_ids == samples[1].token_ids  # greedy
 
 
@@ -250,12 +251,12 @@ async def test_full_queue_is_resource_exhausted(server, client):
     host = server.service.hosts["smol"]
     host.max_queue = 1
     try:
-        long = asyncio.create_task(client.generate("Count: 1, 2,", GenerationParams(
+        long = asyncio.create_task(client.generate("Count: 1, 2,", SamplingParams(
             max_new_tokens=200, min_new_tokens=200)))
         while host.admitted == 0:
             await asyncio.sleep(0.01)
         with pytest.raises(TeacherUnavailableError, match="RESOURCE_EXHAUSTED"):
-            await client.generate("Hello", GenerationParams(max_new_tokens=2))
+            await client.generate("Hello", SamplingParams(max_new_tokens=2))
         long.cancel()
         await asyncio.gather(long, return_exceptions=True)
     finally:
@@ -264,7 +265,7 @@ async def test_full_queue_is_resource_exhausted(server, client):
 
 
 async def test_cancel_frees_the_slot(client):
-    stream = client.generate_stream("Count: 1, 2,", GenerationParams(
+    stream = client.generate_stream("Count: 1, 2,", SamplingParams(
         max_new_tokens=500, min_new_tokens=500))
     async for message in stream:
         assert message.WhichOneof("event") == "chunk"
@@ -276,7 +277,7 @@ async def test_cancel_frees_the_slot(client):
 async def test_deadline_aborts_generation(client):
     started = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.generate("Count: 1, 2,", GenerationParams(
+        await client.generate("Count: 1, 2,", SamplingParams(
             max_new_tokens=500, min_new_tokens=500), timeout_s=1.0)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 5
@@ -284,7 +285,7 @@ async def test_deadline_aborts_generation(client):
 
 
 async def test_time_limit_stops_with_reason(client):
-    (r,) = await client.generate("Count: 1, 2,", GenerationParams(
+    (r,) = await client.generate("Count: 1, 2,", SamplingParams(
         max_new_tokens=500, min_new_tokens=500, time_limit_s=1.0))
     assert r.stop_reason == "time_limit" and 0 < r.completion_tokens < 500
     await wait_idle(client)
@@ -301,7 +302,7 @@ async def test_engines_agree_on_greedy_outputs_and_scores(server_pool):
     for engine in ENGINES:
         srv = await server_pool.get(engine)
         async with TeacherClient(f"127.0.0.1:{srv.port}") as c:
-            batch = await c.generate_batch(prompts, GenerationParams(max_new_tokens=16))
+            batch = await c.generate_batch(prompts, SamplingParams(max_new_tokens=16))
             outputs[engine] = [samples[0].token_ids for samples in batch]
             scores[engine] = [r.mean_nll for r in await c.score(items)]
     assert outputs["hf"] == outputs["vllm"]
@@ -314,7 +315,7 @@ async def test_engines_agree_on_greedy_outputs_and_scores(server_pool):
 
 async def test_64_concurrent_streams_match_sequential(client):
     prompts = [f"Write a short sentence about the number {i}." for i in range(64)]
-    params = GenerationParams(max_new_tokens=12)
+    params = SamplingParams(max_new_tokens=12)
     sequential = [(await client.generate(p, params))[0].token_ids for p in prompts[:16]]
     concurrent = await asyncio.gather(*(client.generate(p, params) for p in prompts))
     assert all(r[0].stop_reason in ("max_tokens", "eos") for r in concurrent)
@@ -345,7 +346,7 @@ async def test_health_transitions_and_drain(test_model_dir):
     await load_task
     assert await health_status(server.port) == health_pb2.HealthCheckResponse.SERVING
     async with TeacherClient(f"127.0.0.1:{server.port}", retries=0) as client:
-        in_flight = asyncio.create_task(client.generate("Count: 1, 2,", GenerationParams(
+        in_flight = asyncio.create_task(client.generate("Count: 1, 2,", SamplingParams(
             max_new_tokens=40, min_new_tokens=40)))
         while server.service.in_flight() == 0:
             await asyncio.sleep(0.01)
@@ -353,7 +354,7 @@ async def test_health_transitions_and_drain(test_model_dir):
         await asyncio.sleep(0.1)
         assert await health_status(server.port) == health_pb2.HealthCheckResponse.NOT_SERVING
         with pytest.raises(TeacherUnavailableError, match="UNAVAILABLE"):
-            await client.generate("Hello", GenerationParams(max_new_tokens=2))
+            await client.generate("Hello", SamplingParams(max_new_tokens=2))
         (result,) = await in_flight  # the in-flight request finishes normally
         assert result.completion_tokens == 40
         await drain
@@ -370,7 +371,7 @@ async def test_engine_failure_is_unavailable_and_not_serving(test_model_dir, mon
     try:
         async with TeacherClient(f"127.0.0.1:{server.port}", retries=0) as client:
             with pytest.raises(TeacherUnavailableError, match="UNAVAILABLE"):
-                await client.generate("Hello", GenerationParams(max_new_tokens=4))
+                await client.generate("Hello", SamplingParams(max_new_tokens=4))
             await asyncio.sleep(0.1)
             assert await health_status(server.port) == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
@@ -432,7 +433,7 @@ async def test_client_balances_replicas_and_fails_over(test_model_dir):
     replicas = [await start_server(test_model_dir, "hf") for _ in range(2)]
     try:
         addresses = [f"127.0.0.1:{r.port}" for r in replicas]
-        params = GenerationParams(max_new_tokens=2)
+        params = SamplingParams(max_new_tokens=2)
         async with TeacherClient(addresses, backoff_s=0.01) as client:
             await asyncio.gather(*(client.generate_batch([CHAT], params) for _ in range(8)))
         served = [r.service.hosts["smol"].served for r in replicas]
@@ -463,7 +464,7 @@ def test_sigterm_drains_the_cli_server(test_model_dir):
     async def scenario():
         async with TeacherClient(f"127.0.0.1:{port}", retries=0) as client:
             await client.wait_ready(timeout_s=120)
-            stream = asyncio.create_task(client.generate("Count: 1, 2,", GenerationParams(
+            stream = asyncio.create_task(client.generate("Count: 1, 2,", SamplingParams(
                 max_new_tokens=30, min_new_tokens=30)))
             await asyncio.sleep(0.5)
             proc.terminate()

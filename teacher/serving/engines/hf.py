@@ -41,11 +41,11 @@ from teacher.serving.engine import (
     EngineOutput,
     EngineRequest,
     ModelInfo,
-    SamplingOptions,
     ScoreInput,
     TokenStep,
 )
 from teacher.serving.errors import EngineUnavailable
+from teacher.serving.sampling import SamplingParams
 from teacher.serving.tokenization import PromptTokenizer
 
 log = logging.getLogger(__name__)
@@ -561,7 +561,7 @@ class HFEngine:
             return self._take_generation_batch(size, tokens)
 
     def _sample(
-        self, logits: torch.Tensor, opts: SamplingOptions, produced: int, generator: torch.Generator
+        self, logits: torch.Tensor, opts: SamplingParams, produced: int, generator: torch.Generator
     ) -> tuple[int, TokenStep]:
         logprobs = torch.log_softmax(logits, dim=-1)  # raw model distribution, as reported
         scores = logits.clone()

@@ -41,11 +41,11 @@ from teacher.serving.engine import (
     EngineRequest,
     FinishReason,
     ModelInfo,
-    SamplingOptions,
     ScoreInput,
     TokenStep,
 )
 from teacher.serving.errors import EngineUnavailable, InvalidArgument, TeacherError
+from teacher.serving.sampling import SamplingParams
 from teacher.serving.tokenization import PromptTokenizer
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,11 @@ _CPU_ENV_DEFAULTS = {
     "VLLM_CPU_KVCACHE_SPACE": "2",
 }
 
-_FINISH: dict[str, FinishReason] = {"stop": "eos", "length": "length", "abort": "abort"}
+# "error" is vLLM's request-level failure (e.g. a KV load): that request ends, the
+# engine keeps serving the others.
+_FINISH: dict[str, FinishReason] = {
+    "stop": "eos", "length": "length", "abort": "abort", "error": "error",
+}
 
 
 @dataclass
@@ -231,11 +235,12 @@ class VLLMEngine:
             raise EngineUnavailable("the vLLM engine core has died")
         return self._llm
 
-    def _sampling_params(self, s: SamplingOptions) -> Any:
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
+    def _sampling_params(self, s: SamplingParams) -> Any:
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import SamplingParams as VLLMSamplingParams
 
         want_logprobs = s.logprobs or s.top_logprobs > 0
-        return SamplingParams(
+        return VLLMSamplingParams(
             temperature=0.0 if s.greedy else s.temperature,
             top_p=s.top_p,
             top_k=max(s.top_k, 0),  # 0 = off in vLLM 0.32 (as is -1)
@@ -305,7 +310,6 @@ class VLLMEngine:
     def _finish_reason(reason: str | None) -> FinishReason:
         if reason in _FINISH:
             return _FINISH[reason]
-        # "error": a request-level failure inside the engine (e.g. a KV load).
         raise EngineUnavailable(f"vLLM ended the request with {reason!r}")
 
     async def score(self, items: Sequence[ScoreInput]) -> list[list[float]]:
@@ -323,13 +327,14 @@ class VLLMEngine:
         return list(await asyncio.gather(*(self._score_one(llm, item) for item in items)))
 
     async def _score_one(self, llm: Any, item: ScoreInput) -> list[float]:
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import SamplingParams as VLLMSamplingParams
 
         completion = [int(t) for t in item.completion_ids]
         if not completion:
             return []
         ids = [int(t) for t in item.prompt_ids] + completion
-        params = SamplingParams(
+        params = VLLMSamplingParams(
             max_tokens=1,
             temperature=0.0,
             prompt_logprobs=0,  # just the logprob of each actual prompt token
