@@ -43,6 +43,7 @@ from eval.stats import (
     NEWCOMBE,
     Difference,
     describe,
+    number,
     paired_difference,
     paired_proportions,
     proportion,
@@ -600,7 +601,7 @@ def _comparison_section(rows: Sequence[dict[str, Any]], ref: str | None,
         unit, digits = _units(h, d)
         test = "McNemar p=" + fmt(r["p_value"], 3) if r.get("p_value") is not None else ""
         table.append([r["arm"], r["vs"], h.label + (f" ({unit})" if unit else ""),
-                      describe(d, digits), "–" if d.mde is None else f"±{fmt(d.mde, digits)}",
+                      describe(d, digits), "–" if d.mde is None else f"±{number(d.mde, digits)}",
                       sample_size(d), test or "–"])
         better, worse = h.phrases()
         says.append(verdict(r["arm"], r["vs"], h.label, d, h.higher_is_better, better=better,
@@ -650,6 +651,13 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
         d = comparer.difference([arm], None, gain) if gain else None
         if d is not None:  # exact paired interval from the items
             arm["target_gain"] = {"unit": "accuracy points", **d.to_dict()}
+        for task, est in arm["forgetting"].items():
+            h = by_column.get(f"{FORGETTING}:{task}")
+            if h is None or "accuracy points" not in str(est.get("unit", "")):
+                continue
+            d = comparer.difference([arm], None, h)
+            if d is not None and d.discordant is not None:  # accuracy: Newcombe, points lost
+                arm["forgetting"][task] = {"unit": est["unit"], **d.scaled(-1.0).to_dict()}
         did = {}
         for h in heads:
             if h.control is None:

@@ -233,19 +233,22 @@ def mde_mcnemar(n: int, discordant: float, confidence: float = DEFAULT_CONFIDENC
                 power: float = DEFAULT_POWER) -> float:
     """Smallest difference of paired proportions McNemar's test detects at ``n`` pairs
     with discordant rate ``discordant`` (Connor 1987: n = (z_a sqrt(psi) +
-    z_b sqrt(psi - delta^2))^2 / delta^2, solved for delta; delta <= psi)."""
-    if n < 1 or not 0.0 < discordant <= 1.0:
-        raise ValueError(f"mde_mcnemar needs n >= 1 and 0 < discordant <= 1, "
+    z_b sqrt(psi - delta^2))^2 / delta^2, solved for delta). A difference delta needs
+    at least delta discordant pairs, so psi is taken as max(observed rate, delta): a
+    low observed rate (or none) does not promise that tiny differences are detectable.
+    1.0 when no difference is detectable at this n."""
+    if n < 1 or not 0.0 <= discordant <= 1.0:
+        raise ValueError(f"mde_mcnemar needs n >= 1 and 0 <= discordant <= 1, "
                          f"got n={n}, discordant={discordant}")
     za, zb = _z(confidence), NormalDist().inv_cdf(power)
 
     def needed(delta: float) -> float:  # pairs needed to detect delta: falls with delta
-        return (za * math.sqrt(discordant) + zb * math.sqrt(max(0.0, discordant - delta ** 2))
-                ) ** 2 / delta ** 2
+        psi = max(discordant, delta)
+        return (za * math.sqrt(psi) + zb * math.sqrt(max(0.0, psi - delta ** 2))) ** 2 / delta ** 2
 
-    if needed(discordant) > n:
-        return discordant  # even the largest possible difference is not detectable reliably
-    lo, hi = 1e-9, discordant
+    if needed(1.0) > n:
+        return 1.0
+    lo, hi = 1e-9, 1.0
     for _ in range(100):
         mid = (lo + hi) / 2
         if needed(mid) > n:
@@ -394,8 +397,6 @@ def paired_proportions(
     if len(groups) == 1:
         s = per_seed[0]
         rate = (tb + tc) / n
-        # No discordant pair seen: plan with the exact upper bound of the rate instead of 0.
-        rate = rate or clopper_pearson(0, n, confidence)[1]
         return Difference(s["value"], s["ci"][0], s["ci"][1], n, 1, NEWCOMBE,
                           mde=mde_mcnemar(n, rate, confidence), p_value=s["p_value"],
                           discordant=(tb, tc), per_seed=tuple(per_seed))
@@ -456,7 +457,7 @@ def strata_difference(
 # ----------------------------------------------------------------------------- verdicts
 
 
-def _num(x: float, digits: int) -> str:
+def number(x: float, digits: int) -> str:
     return f"{x:.{digits}f}".replace("-", "−")
 
 
@@ -464,9 +465,9 @@ def describe(diff: Difference, digits: int = 3, unit: str = "") -> str:
     """``value [low, high]`` of a difference (with its unit)."""
     u = f" {unit}" if unit else ""
     if diff.low is None or diff.high is None:
-        return f"{_num(diff.value, digits)}{u} (no interval)"
-    return (f"{_num(diff.value, digits)} [{_num(diff.low, digits)}, "
-            f"{_num(diff.high, digits)}]{u}")
+        return f"{number(diff.value, digits)}{u} (no interval)"
+    return (f"{number(diff.value, digits)} [{number(diff.low, digits)}, "
+            f"{number(diff.high, digits)}]{u}")
 
 
 def sample_size(diff: Difference) -> str:
@@ -491,5 +492,5 @@ def verdict(a: str, b: str, measure: str, diff: Difference, higher_is_better: bo
         reach = f"no interval at {sample_size(diff)}"
     else:
         u = f" {unit}" if unit else ""
-        reach = f"could have detected ±{_num(diff.mde, digits)}{u} at {sample_size(diff)}"
+        reach = f"could have detected ±{number(diff.mde, digits)}{u} at {sample_size(diff)}"
     return f"{a} vs {b}: the data cannot tell on {numbers} ({reach})"
