@@ -26,17 +26,19 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-MODES = ("trace", "rewrite", "best-of-n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from teacher.distill.modes import mode_names
+
+    modes = [name.replace("_", "-") for name in mode_names()]  # every registered mode
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--limit", type=int, default=64, help="GSM8K train examples")
     p.add_argument("--student", default="qwen2.5-coder-0.5b-instruct",
                    help="scorer, rewriter and best-of-N generator")
     p.add_argument("--trace-model", default="qwen2.5-coder-1.5b-instruct",
                    help="trace generator; 'student' for the student model (self-distillation)")
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of modes")
+    p.add_argument("--modes", default=",".join(modes), help="comma-separated subset of modes")
     p.add_argument("--engine", choices=["vllm", "hf"], default=None)
     p.add_argument("--num-candidates", type=int, default=4, help="k traces / N best-of-N")
     p.add_argument("--max-new-tokens", type=int, default=320)

@@ -9,7 +9,6 @@ unknown keys fail with a "did you mean" and ``key=value`` overrides work
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Sequence
 from dataclasses import field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from eval.loading import EngineSettings
 from eval.metrics import DEFAULT_METRICS, Metric, get_metric, registered_metrics
-from teacher.core.config import ConfigError, load_config, to_dict
+from teacher.core.config import ConfigError, did_you_mean, load_config, to_dict
 from teacher.serving.engine import available_engines
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
@@ -102,12 +101,10 @@ def suite_path(name_or_path: str | Path) -> Path:
     candidate = SUITES_DIR / f"{name_or_path}.yaml"
     if candidate.is_file():
         return candidate
-    names = list_suites()
-    close = difflib.get_close_matches(str(name_or_path), names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    name, names = str(name_or_path), list_suites()
     raise UnknownSuiteError(
-        f"unknown suite {str(name_or_path)!r}{hint} (shipped suites: {', '.join(names)}; "
-        "or pass a path to a .yaml file)"
+        f"unknown suite {name!r}{did_you_mean(name, names)} (shipped suites: "
+        f"{', '.join(names)}; or pass a path to a .yaml file)"
     )
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,17 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config that cannot be loaded; the message names the key."""
+
+
+def did_you_mean(name: str, known: Iterable[str], n: int = 1) -> str:
+    """``"; did you mean 'x'?"`` naming up to ``n`` of ``known`` closest to ``name``
+    (difflib's default cutoff), or ``""``: the one spelling of every unknown-name hint."""
+    return suggestion(difflib.get_close_matches(name, list(known), n=n))
+
+
+def suggestion(close: Sequence[str]) -> str:
+    """``"; did you mean 'a' or 'b'?"`` for candidates already chosen, or ``""``."""
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -62,9 +73,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     for key, value in data.items():
         where = f"{path}.{key}" if path else key
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {where!r}{hint}")
+            raise ConfigError(f"unknown config key {where!r}{did_you_mean(key, fields)}")
         value = _coerce(hints[key], value, where)
         default = fields[key].default_factory
         if isinstance(value, Mapping) and default is not dataclasses.MISSING:

@@ -14,7 +14,8 @@ import pytest
 
 from teacher.core.records import SCHEMA, Candidate, Record, read_records
 from teacher.core.tasks import Example, get_task
-from teacher.core.templates import GSM8K_COT_8SHOT, GSM8K_REWRITE, GSM8K_REWRITE_V1, get_template
+from teacher.core.tasks.gsm8k import GSM8K_COT_8SHOT, GSM8K_REWRITE, GSM8K_REWRITE_V1
+from teacher.core.templates import get_template
 from teacher.distill.job import GenerateConfig, run_job
 from teacher.distill.modes import DistillOptions, get_mode, normalize_mode, reasoning_words
 from teacher.distill.modes.rewrite import template_leak

@@ -19,7 +19,7 @@ import pytest
 from teacher.cli import main
 from teacher.core.records import Record, RecordError, iter_records, read_records
 from teacher.core.tasks import get_task
-from teacher.core.templates import GSM8K_REWRITE_V1
+from teacher.core.tasks.gsm8k import GSM8K_REWRITE_V1
 from teacher.distill.dedup import dedup_dir, find_duplicates, template_literals
 from teacher.distill.job import (
     GenerateConfig,

@@ -1,4 +1,7 @@
-"""Stand-ins for the served model, so a metric's compute is tested without one."""
+"""Scripted outputs for one metric's ``compute`` in its unit tests: the model's text
+is the input under test there (a random model cannot write "#### 18" on cue). Not for
+paths through the runner or the service: tests/eval/test_run_loop.py serves a tiny
+random model, tests/eval/test_run.py the real test model."""
 
 from __future__ import annotations
 
