@@ -7,17 +7,19 @@ their names and kinds are checked here.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from teacher.core.config import ConfigError, from_dict, load_config
+from teacher.core.config import ConfigError, did_you_mean, from_dict, load_config
 from teacher.core.models import DEFAULT_STUDENT, DEFAULT_TEACHER
+from teacher.core.records import MODES
 
 SCHEMA = "distill.experiment/v1"
-ARM_KINDS = ("ground_truth", "ground_truth_stm", "trace", "rewrite", "best_of_n")
-TEACHER_KINDS = ("trace", "rewrite", "best_of_n")
+# The teacher-written kinds are the distillation modes (records.MODES, which a test
+# keeps equal to the mode registry); the rest train on the references.
+TEACHER_KINDS = tuple(mode for mode in MODES if mode != "ground_truth")
+ARM_KINDS = ("ground_truth", "ground_truth_stm", *TEACHER_KINDS)
 # Who writes each arm's data unless the arm says otherwise: traces come from the big
 # teacher; rewrites and best-of-N are the student's own words (SDFT, self-output).
 DEFAULT_GENERATOR = {"trace": "teacher", "rewrite": "student", "best_of_n": "student"}
@@ -100,8 +102,7 @@ def arm_settings(config: ExperimentConfig) -> dict[str, ArmSettings]:
         arm.kind = arm.kind or str(name)
         if arm.kind not in ARM_KINDS:
             where = f"arms.{name}.kind" if raw and "kind" in raw else f"arms.{name}"
-            close = difflib.get_close_matches(arm.kind, ARM_KINDS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(arm.kind, ARM_KINDS)
             raise ConfigError(f"{where}: unknown arm kind {arm.kind!r}{hint} (kinds: "
                               f"{', '.join(ARM_KINDS)}; an arm of another name sets kind)")
         if not str(name).replace("_", "").replace("-", "").isalnum():

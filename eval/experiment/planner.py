@@ -3,7 +3,6 @@ any work (preflight), and which units are already current in ``--out``."""
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from eval.experiment.config import (
     arm_settings,
     served_models,
 )
-from teacher.core.config import ConfigError, deep_merge, from_dict, parse_overrides
+from teacher.core.config import ConfigError, deep_merge, did_you_mean, from_dict, parse_overrides
 
 
 @dataclass
@@ -59,8 +58,7 @@ def _data_job(config: ExperimentConfig, arm: ArmSettings) -> DataJob:
         if key in fixed:
             raise ConfigError(f"arms.*.generate.{key}: set by the experiment")
         if key not in known:
-            close = difflib.get_close_matches(key, sorted(known - fixed), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, sorted(known - fixed))
             raise ConfigError(f"arms.*.generate: unknown data-job setting {key!r}{hint}")
     settings = {"concurrency": config.teacher.concurrency, **arm.generate}
     key = f"{arm.kind}-{arm.generator}"
