@@ -14,6 +14,7 @@ from pathlib import Path
 from teacher.core.config import ConfigError, did_you_mean, from_dict, load_config
 from teacher.core.models import DEFAULT_STUDENT, DEFAULT_TEACHER
 from teacher.core.records import MODES
+from teacher.serving.engine import EngineSettings
 
 SCHEMA = "distill.experiment/v1"
 # The teacher-written kinds are the distillation modes (records.MODES, which a test
@@ -46,6 +47,13 @@ class TeacherSettings:
     engine_options: dict = field(default_factory=dict)
     concurrency: int = 8  # examples in flight per data job
     ready_timeout_s: float = 15.0  # how long an address may take to answer the health check
+
+    def engine_settings(self) -> EngineSettings:
+        """The in-process teacher's engine, as the one engine-settings type (the YAML
+        keeps its flat ``engine``/``dtype``/``max_model_len``/``engine_options`` keys)."""
+        return EngineSettings(name=self.engine, dtype=self.dtype,
+                              max_model_len=self.max_model_len,
+                              options=dict(self.engine_options))
 
 
 @dataclass

@@ -17,7 +17,7 @@ async def teacher_client(plan_: Plan, needed: set[str]) -> AsyncIterator[Any]:
     """A client for the configured address, or for an in-process server hosting
     ``needed`` (started on a free port and stopped on exit)."""
     from teacher.serving.client import TeacherClient
-    from teacher.serving.server import ServerConfig, TeacherServer, build_service, parse_model_spec
+    from teacher.serving.local import local_teacher
     from teacher.serving.service import Limits
 
     t = plan_.config.teacher
@@ -26,20 +26,11 @@ async def teacher_client(plan_: Plan, needed: set[str]) -> AsyncIterator[Any]:
         async with TeacherClient(t.address, token=token, timeout_s=None) as client:
             yield client
         return
-    from teacher.serving.engine import default_engine
-
     served = served_models(plan_.config)
-    specs = [parse_model_spec(f"{name}={served[name]}") for name in served if name in needed]
-    config = ServerConfig(models=specs, engine=t.engine or default_engine(), host="127.0.0.1",
-                          port=0, dtype=t.dtype, max_model_len=t.max_model_len,
-                          engine_options=dict(t.engine_options), limits=Limits(max_queue=4096))
-    server = TeacherServer(build_service(config), config)
-    await server.start()
-    try:
-        async with TeacherClient(f"127.0.0.1:{server.port}", timeout_s=None) as client:
-            yield client
-    finally:
-        await server.drain_and_stop()
+    engine = t.engine_settings()
+    async with local_teacher([f"{name}={served[name]}" for name in served if name in needed],
+                             engine, Limits(max_queue=4096), timeout_s=None) as (client, _):
+        yield client
 
 
 async def check_teacher(plan_: Plan, jobs: Sequence[DataJob]) -> None:

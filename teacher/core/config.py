@@ -63,8 +63,9 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, checking keys recursively."""
+def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "", start: T | None = None) -> T:
+    """Build dataclass ``cls`` from a mapping, checking keys recursively; the keys
+    given override ``start`` (default: the type's own defaults)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -74,15 +75,18 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
         where = f"{path}.{key}" if path else key
         if key not in fields:
             raise ConfigError(f"unknown config key {where!r}{did_you_mean(key, fields)}")
-        value = _coerce(hints[key], value, where)
         default = fields[key].default_factory
-        if isinstance(value, Mapping) and default is not dataclasses.MISSING:
-            base = default()
-            if isinstance(base, Mapping):  # pass-through mappings: override key by key
-                value = deep_merge(base, value)
+        base = default() if default is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(base) and isinstance(value, Mapping | None):
+            # A section whose default differs from its type's: keys given override it.
+            value = from_dict(type(base), value or {}, where, base)
+        else:
+            value = _coerce(hints[key], value, where)
+        if isinstance(value, Mapping) and isinstance(base, Mapping):
+            value = deep_merge(base, value)  # pass-through mappings: override key by key
         kwargs[key] = value
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(start, **kwargs) if start is not None else cls(**kwargs)
     except TypeError as exc:  # a required field missing
         raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
 

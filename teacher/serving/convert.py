@@ -16,11 +16,14 @@ from teacher.serving.errors import InvalidArgument
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.service import (
     LogprobEntry,
+    ModelLoad,
     Provenance,
     SampleChunk,
     SampleResult,
     ScoreItem,
     ScoreResult,
+    ServedModelInfo,
+    TokenizeResult,
 )
 from teacher.serving.tokenization import PromptInput
 
@@ -166,21 +169,84 @@ def model_info_to_pb(info: ModelInfo, is_default: bool) -> pb.ModelInfo:
 # ---------------------------------------------------------------- client side
 
 
-def completion_from_pb(c: pb.Completion) -> SampleResult:
+def logprobs_from_pb(entries) -> list[LogprobEntry]:
+    return [
+        LogprobEntry(
+            e.token_id, e.logprob, e.token, tuple((t.token_id, t.logprob, t.token) for t in e.top)
+        )
+        for e in entries
+    ]
+
+
+def provenance_from_pb(p: pb.Provenance) -> Provenance:
+    return Provenance(p.model, p.revision, p.engine, p.engine_version, p.seed, p.request_id)
+
+
+def generate_event_from_pb(message: pb.GenerateResponse) -> SampleChunk | SampleResult:
+    """One streamed message: a chunk, or a sample's final result (with its provenance)."""
+    if message.WhichOneof("event") == "final":
+        result = completion_from_pb(message.final, message.index)
+        if message.HasField("provenance"):
+            result.provenance = provenance_from_pb(message.provenance)
+        return result
+    chunk = message.chunk
+    return SampleChunk(
+        message.index, chunk.text, tuple(chunk.token_ids), tuple(logprobs_from_pb(chunk.logprobs))
+    )
+
+
+def score_result_from_pb(r: pb.ScoreResult) -> ScoreResult:
+    """Token ids, logprobs and strings are on the wire only when ``return_tokens`` was
+    asked for; otherwise they are empty."""
+    return ScoreResult(
+        token_ids=tuple(t.token_id for t in r.tokens),
+        logprobs=tuple(t.logprob for t in r.tokens),
+        tokens=tuple(t.token for t in r.tokens),
+        nll_sum=r.nll_sum,
+        num_tokens=r.num_tokens,
+        mean_nll=r.mean_nll,
+        perplexity=r.perplexity,
+        frac_above_threshold=r.frac_above_threshold,
+        prompt_tokens=r.prompt_tokens,
+    )
+
+
+def tokenize_from_pb(r: pb.TokenizeResponse) -> TokenizeResult:
+    return TokenizeResult(
+        token_ids=tuple(r.token_ids),
+        count=r.count,
+        tokens=tuple(r.tokens),
+        provenance=provenance_from_pb(r.provenance) if r.HasField("provenance") else None,
+    )
+
+
+def model_info_from_pb(m: pb.ModelInfo) -> ServedModelInfo:
+    return ServedModelInfo(
+        name=m.name,
+        source=m.source,
+        revision=m.revision,
+        engine=m.engine,
+        engine_version=m.engine_version,
+        context_length=m.context_length,
+        vocab_size=m.vocab_size,
+        eos_token_ids=tuple(m.eos_token_ids),
+        dtype=m.dtype,
+        device=m.device,
+        is_default=m.is_default,
+    )
+
+
+def model_load_from_pb(m: pb.ModelLoad) -> ModelLoad:
+    return ModelLoad(m.model, m.running, m.waiting, m.max_queue)
+
+
+def completion_from_pb(c: pb.Completion, index: int = 0) -> SampleResult:
     return SampleResult(
-        index=0,
+        index=index,
         stop_reason=STOP_REASON_FROM_PB.get(c.stop_reason, "error"),
         text=c.text,
         token_ids=list(c.token_ids),
-        logprobs=[
-            LogprobEntry(
-                e.token_id,
-                e.logprob,
-                e.token,
-                tuple((t.token_id, t.logprob, t.token) for t in e.top),
-            )
-            for e in c.logprobs
-        ],
+        logprobs=logprobs_from_pb(c.logprobs),
         stop_sequence=c.stop_sequence,
         prompt_tokens=c.usage.prompt_tokens,
         completion_tokens=c.usage.completion_tokens,
