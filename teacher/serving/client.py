@@ -125,6 +125,42 @@ class TeacherClient:
             f"{self.retries + 1} attempts: {last.code().name}: {last.details()}"
         )
 
+    async def _calls(
+        self,
+        method: str,
+        request: Any,
+        request_id: str | None,
+        timeout_s: float | None,
+        *,
+        stream: bool = False,
+    ) -> AsyncIterator[Any]:
+        """The replies of one call (one for a unary method, the messages of a stream),
+        tried against the replicas under the one retry policy. A stream is retried only
+        until its first message: retrying later would repeat output already given."""
+        metadata = self._call_metadata(request_id)
+        last: grpc.aio.AioRpcError | None = None
+        for attempt, stub in self._attempts():
+            call = getattr(stub, method)(
+                request, timeout=timeout_s or self.timeout_s, metadata=metadata
+            )
+            received = False
+            try:
+                if stream:
+                    async for message in call:
+                        received = True
+                        yield message
+                else:
+                    yield await call
+                return
+            except grpc.aio.AioRpcError as err:
+                if received:
+                    raise
+                await self._retry_or_raise(err, attempt)
+                last = err
+            finally:
+                call.cancel()  # no-op when finished; frees the server slot if we stop early
+        raise self._gave_up(method, last) from last
+
     async def _unary(
         self,
         method: str,
@@ -132,17 +168,11 @@ class TeacherClient:
         request_id: str | None = None,
         timeout_s: float | None = None,
     ) -> Any:
-        metadata = self._call_metadata(request_id)
-        last: grpc.aio.AioRpcError | None = None
-        for attempt, stub in self._attempts():
-            try:
-                return await getattr(stub, method)(
-                    request, timeout=timeout_s or self.timeout_s, metadata=metadata
-                )
-            except grpc.aio.AioRpcError as err:
-                await self._retry_or_raise(err, attempt)
-                last = err
-        raise self._gave_up(method, last) from last
+        replies = self._calls(method, request, request_id, timeout_s)
+        try:
+            return await anext(replies)
+        finally:
+            await replies.aclose()
 
     # ------------------------------------------------------------ API
 
@@ -162,24 +192,8 @@ class TeacherClient:
             prompt=convert.prompt_to_pb(prompt),
             sampling=convert.params_to_pb(params or SamplingParams()),
         )
-        metadata = self._call_metadata(request_id)
-        last: grpc.aio.AioRpcError | None = None
-        for attempt, stub in self._attempts():
-            call = stub.Generate(request, timeout=timeout_s or self.timeout_s, metadata=metadata)
-            received = False
-            try:
-                async for message in call:
-                    received = True
-                    yield convert.generate_event_from_pb(message)
-                return
-            except grpc.aio.AioRpcError as err:
-                if received:  # retrying would repeat output already given
-                    raise
-                await self._retry_or_raise(err, attempt)
-                last = err
-            finally:
-                call.cancel()  # no-op when finished; frees the server slot if we stop early
-        raise self._gave_up("Generate", last) from last
+        async for message in self._calls("Generate", request, request_id, timeout_s, stream=True):
+            yield convert.generate_event_from_pb(message)
 
     async def generate(
         self,
