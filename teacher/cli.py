@@ -60,13 +60,40 @@ def build_parser() -> argparse.ArgumentParser:
         "(the first is the default)",
     )
     _add_engine_args(serve)
-    serve.add_argument("--host", default="[::]")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default loopback only); any other address needs "
+        "--token-file or --insecure",
+    )
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without --token-file (a trusted network only)",
+    )
     serve.add_argument(
         "--max-queue",
         type=int,
         default=256,
-        help="requests in flight per model before RESOURCE_EXHAUSTED",
+        help="sequences in flight per model (a request counts prompts x n, a Score its "
+        "items) before RESOURCE_EXHAUSTED",
+    )
+    serve.add_argument(
+        "--max-queue-tokens",
+        type=int,
+        default=524_288,
+        help="tokens (prompt + max_new_tokens, or prompt + completion) in flight per model "
+        "before RESOURCE_EXHAUSTED; 0 = unbounded",
+    )
+    serve.add_argument(
+        "--max-message-mb", type=float, default=16.0, help="largest request accepted (MiB)"
+    )
+    serve.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=0.0,
+        help="seconds before a client connection is asked to reconnect (0: never)",
     )
     serve.add_argument("--tls-cert", help="PEM certificate chain (enables TLS with --tls-key)")
     serve.add_argument("--tls-key", help="PEM private key")
@@ -237,19 +264,24 @@ def _server_config(args, models: list[str], port: int):
         dtype=args.dtype,
         max_model_len=args.max_model_len,
         engine_options=_engine_options(args.engine_option),
-        limits=Limits(max_queue=getattr(args, "max_queue", 256)),
+        limits=Limits(
+            max_queue=getattr(args, "max_queue", 256),
+            max_queue_tokens=getattr(args, "max_queue_tokens", Limits.max_queue_tokens),
+        ),
         tls_cert=getattr(args, "tls_cert", None),
         tls_key=getattr(args, "tls_key", None),
         token_file=getattr(args, "token_file", None),
+        insecure=getattr(args, "insecure", False),
         drain_timeout_s=getattr(args, "drain_timeout", 30.0),
+        max_message_bytes=int(getattr(args, "max_message_mb", 16.0) * 1024 * 1024),
+        max_connection_age_s=getattr(args, "max_connection_age", 0.0),
     )
 
 
 def _serve(args) -> int:
     from teacher.serving.server import serve
 
-    asyncio.run(serve(_server_config(args, args.model, args.port)))
-    return 0
+    return asyncio.run(serve(_server_config(args, args.model, args.port)))
 
 
 async def _ask(args) -> int:
