@@ -26,17 +26,19 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-MODES = ("trace", "rewrite", "best-of-n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from teacher.distill.modes import mode_names
+
+    modes = [name.replace("_", "-") for name in mode_names()]  # every registered mode
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--limit", type=int, default=64, help="GSM8K train examples")
     p.add_argument("--student", default="qwen2.5-coder-0.5b-instruct",
                    help="scorer, rewriter and best-of-N generator")
     p.add_argument("--trace-model", default="qwen2.5-coder-1.5b-instruct",
                    help="trace generator; 'student' for the student model (self-distillation)")
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of modes")
+    p.add_argument("--modes", default=",".join(modes), help="comma-separated subset of modes")
     p.add_argument("--engine", choices=["vllm", "hf"], default=None)
     p.add_argument("--num-candidates", type=int, default=4, help="k traces / N best-of-N")
     p.add_argument("--max-new-tokens", type=int, default=320)
@@ -52,9 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> dict:
     from teacher.distill.job import GenerateConfig, run_job
-    from teacher.serving.client import TeacherClient
-    from teacher.serving.engine import default_engine
-    from teacher.serving.server import ModelSpec, ServerConfig, TeacherServer, build_service
+    from teacher.serving.engine import EngineSettings
+    from teacher.serving.local import local_teacher
+    from teacher.serving.server import ModelSpec
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     specs = [ModelSpec("student", args.student)]
@@ -62,35 +64,29 @@ async def run(args: argparse.Namespace) -> dict:
     if "trace" in modes and args.trace_model not in ("student", args.student):
         specs.append(ModelSpec("teacher", args.trace_model))
         trace_model = "teacher"
-    config = ServerConfig(models=specs, engine=args.engine or default_engine(),
-                          host="127.0.0.1", port=0, dtype="float32")
+    engine = EngineSettings(name=args.engine or "", dtype="float32").resolved()
     started = time.perf_counter()
-    server = TeacherServer(build_service(config), config)
-    await server.start()
-    startup_s = time.perf_counter() - started
     runs = {}
-    try:
-        async with TeacherClient(f"127.0.0.1:{server.port}", timeout_s=7200) as client:
-            for mode in modes:
-                job = GenerateConfig.from_settings(
-                    task="gsm8k", split="train", mode=mode,
-                    out=args.work_dir / f"{mode}-{args.limit}",
-                    model=trace_model if mode == "trace" else "student",
-                    scorer_model="student", limit=args.limit, data_dir=args.data_dir,
-                    num_candidates=1 if mode == "rewrite" else args.num_candidates,
-                    max_new_tokens=args.max_new_tokens, seed=args.seed,
-                    ppl_threshold=args.ppl_threshold, concurrency=args.concurrency,
-                )
-                t0 = time.perf_counter()
-                summary = await run_job(client, job)
-                summary["wall_time_s_this_run"] = time.perf_counter() - t0
-                summary["generator"] = args.trace_model if job.model == "teacher" else args.student
-                summary.pop("duplicate_ids", None)
-                runs[mode] = summary
-                save(args.out, result(args, config.engine, startup_s, runs))  # partial
-    finally:
-        await server.drain_and_stop()
-    return result(args, config.engine, startup_s, runs)
+    async with local_teacher(specs, engine, timeout_s=7200) as (client, _):
+        startup_s = time.perf_counter() - started
+        for mode in modes:
+            job = GenerateConfig.from_settings(
+                task="gsm8k", split="train", mode=mode,
+                out=args.work_dir / f"{mode}-{args.limit}",
+                model=trace_model if mode == "trace" else "student",
+                scorer_model="student", limit=args.limit, data_dir=args.data_dir,
+                num_candidates=1 if mode == "rewrite" else args.num_candidates,
+                max_new_tokens=args.max_new_tokens, seed=args.seed,
+                ppl_threshold=args.ppl_threshold, concurrency=args.concurrency,
+            )
+            t0 = time.perf_counter()
+            summary = await run_job(client, job)
+            summary["wall_time_s_this_run"] = time.perf_counter() - t0
+            summary["generator"] = args.trace_model if job.model == "teacher" else args.student
+            summary.pop("duplicate_ids", None)
+            runs[mode] = summary
+            save(args.out, result(args, engine.name, startup_s, runs))  # partial
+    return result(args, engine.name, startup_s, runs)
 
 
 def save(path: Path, data: dict) -> None:

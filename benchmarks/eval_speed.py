@@ -40,13 +40,14 @@ async def _one_at_a_time(service: Any, prompts: list[Any], max_new: int,
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from eval.loading import EngineSettings, serve
+    from eval.loading import serve
     from eval.metrics.bbh import score_bbh
     from eval.metrics.gsm8k import score_gsm8k
     from eval.metrics.model import ServedModel
     from teacher.core.models import resolve
     from teacher.core.tasks import get_task
     from teacher.core.templates import get_template
+    from teacher.serving.engine import EngineSettings
 
     gsm8k = get_task("gsm8k")
     tpl = get_template(args.gsm8k_template)

@@ -118,16 +118,11 @@ def requests_for(concurrency: int, args) -> int:
 
 
 async def bench_engine(engine_name: str, model_dir: str, prompts, references, args) -> list[dict]:
-    from teacher.serving.client import TeacherClient
-    from teacher.serving.engine import EngineConfig, load_engine
+    from teacher.serving.engine import EngineSettings
+    from teacher.serving.local import local_teacher
     from teacher.serving.sampling import SamplingParams
-    from teacher.serving.server import ServerConfig, TeacherServer
-    from teacher.serving.service import (
-        Limits,
-        ModelHost,
-        ScoreItem,
-        TeacherService,
-    )
+    from teacher.serving.server import ModelSpec
+    from teacher.serving.service import Limits, ScoreItem
 
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, seed=0
@@ -135,73 +130,62 @@ async def bench_engine(engine_name: str, model_dir: str, prompts, references, ar
     # Every level and pass re-sends the same prompts: vLLM's prefix cache would serve
     # later passes' prompts from the first (hf and naive cannot), so it is off here.
     options = {"enable_prefix_caching": False} if engine_name == "vllm" else {}
-    engine = load_engine(
-        engine_name,
-        EngineConfig(
-            model=model_dir,
-            name="m",
-            dtype="float32",
-            max_model_len=args.max_model_len,
-            options=options,
-        ),
+    engine = EngineSettings(
+        name=engine_name, dtype="float32", max_model_len=args.max_model_len, options=options
     )
     # No score cache: the gRPC pass would otherwise read the in-process pass's scores.
-    service = TeacherService([ModelHost("m", engine, 1024)], Limits(score_cache_items=0))
-    config = ServerConfig(models=[], engine=engine_name, host="127.0.0.1", port=0)
-    server = TeacherServer(service, config)
-    await server.start()
+    limits = Limits(max_queue=1024, score_cache_items=0)
     rows = []
-    try:
+    async with local_teacher(
+        [ModelSpec("m", model_dir)], engine, limits, timeout_s=3600
+    ) as (client, server):
+        service = server.service
 
         async def in_process(prompt) -> int:
             async for event in service.generate("m", prompt, params):
                 final = event  # the last event is the sample's result
             return final.completion_tokens
 
-        async with TeacherClient(f"127.0.0.1:{server.port}", timeout_s=3600) as client:
+        async def over_grpc(prompt) -> int:
+            (result,) = await client.generate(prompt, params)
+            return result.completion_tokens
 
-            async def over_grpc(prompt) -> int:
-                (result,) = await client.generate(prompt, params)
-                return result.completion_tokens
-
-            await in_process(prompts[0])  # warm-up
-            for c in args.concurrency:
-                for label, send in (
-                    (f"{engine_name} in-process", in_process),
-                    (f"{engine_name} gRPC", over_grpc),
-                ):
-                    row = await closed_loop(send, prompts, c, requests_for(c, args))
-                    rows.append({"backend": label, **row})
-                    print_row(rows[-1])
-
-            items = [ScoreItem(p, r) for p, r in zip(prompts, references, strict=True)]
-            for label, score in (
-                (f"{engine_name} in-process", lambda: service.score("m", items)),
-                (
-                    f"{engine_name} gRPC",
-                    lambda: client.score([(i.prompt, i.completion) for i in items]),
-                ),
+        await in_process(prompts[0])  # warm-up
+        for c in args.concurrency:
+            for label, send in (
+                (f"{engine_name} in-process", in_process),
+                (f"{engine_name} gRPC", over_grpc),
             ):
-                started = time.perf_counter()
-                results = await score()
-                results = results[0] if isinstance(results, tuple) else results
-                elapsed = time.perf_counter() - started
-                tokens = sum(r.num_tokens for r in results)
-                rows.append(
-                    {
-                        "backend": label,
-                        "score_items": len(items),
-                        "score_tokens": tokens,
-                        "seconds": round(elapsed, 3),
-                        "score_tokens_per_s": round(tokens / elapsed, 1),
-                    }
-                )
-                print(
-                    f"  Score {label}: {tokens} tokens in {elapsed:.2f} s "
-                    f"= {tokens / elapsed:.0f} tokens/s"
-                )
-    finally:
-        await server.drain_and_stop()
+                row = await closed_loop(send, prompts, c, requests_for(c, args))
+                rows.append({"backend": label, **row})
+                print_row(rows[-1])
+
+        items = [ScoreItem(p, r) for p, r in zip(prompts, references, strict=True)]
+        for label, score in (
+            (f"{engine_name} in-process", lambda: service.score("m", items)),
+            (
+                f"{engine_name} gRPC",
+                lambda: client.score([(i.prompt, i.completion) for i in items]),
+            ),
+        ):
+            started = time.perf_counter()
+            results = await score()
+            results = results[0] if isinstance(results, tuple) else results
+            elapsed = time.perf_counter() - started
+            tokens = sum(r.num_tokens for r in results)
+            rows.append(
+                {
+                    "backend": label,
+                    "score_items": len(items),
+                    "score_tokens": tokens,
+                    "seconds": round(elapsed, 3),
+                    "score_tokens_per_s": round(tokens / elapsed, 1),
+                }
+            )
+            print(
+                f"  Score {label}: {tokens} tokens in {elapsed:.2f} s "
+                f"= {tokens / elapsed:.0f} tokens/s"
+            )
     gc.collect()
     return rows
 

@@ -21,9 +21,12 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.metrics import Measure, Metric, registered_metrics
+from eval.metrics.base import FORGETTING, MEMORIZATION_INCREASE, TARGET_GAIN
 from eval.report import (
     fmt,
     fmt_est,
@@ -33,7 +36,22 @@ from eval.report import (
     pareto_plot,
     saturation_plot,
 )
-from eval.runner import RESULTS, SCHEMA
+from eval.runner import ITEMS, RESULTS, SCHEMA
+from eval.stats import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_RESAMPLES,
+    NEWCOMBE,
+    Difference,
+    describe,
+    number,
+    paired_difference,
+    paired_proportions,
+    proportion,
+    sample_size,
+    strata_difference,
+    verdict,
+)
+from teacher.core.config import ConfigError, from_dict
 from teacher.core.rundir import RunDir, RunDirError
 
 SATURATION_DATA_RATIO = 1.5  # "adding 50% more data"
@@ -77,6 +95,220 @@ def _load(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise CompareError(f"{path}: not a distill-eval results file (schema {SCHEMA})")
     return data
+
+
+# ----------------------------------------------------------------------------- items
+#
+# Per-item scores stay apart from the aggregates: results.json holds the numbers the
+# runner reported, items.jsonl (beside it) the rows they came from. An arm is one or
+# more runs (seeds); every paired difference below is computed from the rows, per
+# seed, and pooled over seeds by a hierarchical bootstrap.
+
+Rows = dict[str, dict[str, list[dict[str, Any]]]]  # metric -> subject -> rows
+
+
+def load_items(results_path: Path, results: Mapping[str, Any]) -> Rows:
+    """The per-item rows recorded beside ``results_path`` (empty when there are none)."""
+    path = results_path.parent / (results.get("items_file") or ITEMS)
+    rows: Rows = {}
+    if not path.is_file():
+        return rows
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                metric, subject = row.pop("metric"), row.pop("subject")
+            except (json.JSONDecodeError, KeyError, AttributeError) as e:
+                raise CompareError(f"{path}:{lineno}: not an items row ({e})") from None
+            rows.setdefault(metric, {}).setdefault(subject, []).append(row)
+    return rows
+
+
+def _metrics_of(results: Mapping[str, Any]) -> list[Metric]:
+    """The results' metrics with the settings they ran with (defaults where the
+    recorded section no longer fits today's settings type)."""
+    config = (results.get("suite") or {}).get("config") or {}
+    out = []
+    for cls in registered_metrics():
+        if cls.name not in (config.get("metrics") or []):
+            continue
+        settings = None
+        if cls.settings_type is not None:
+            try:
+                settings = from_dict(cls.settings_type, config.get(cls.name) or {}, cls.name)
+            except ConfigError:
+                settings = None
+        out.append(cls(settings))
+    return out
+
+
+def _key(row: Mapping[str, Any]) -> tuple:
+    return (row.get("id"), row.get("setting"), row.get("split"))
+
+
+def _pair(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> tuple[list, list]:
+    """The items both have, matched by id (and setting, split), in a's order."""
+    by = {_key(r): r for r in b}
+    keep = [r for r in a if _key(r) in by]
+    return keep, [by[_key(r)] for r in keep]
+
+
+def _binary(rows: Sequence[Mapping[str, Any]], field: str) -> bool:
+    return all(r.get(field) in (0, 1, 0.0, 1.0, True, False) for r in rows)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A measure every arm is compared on: a metric's measure, or (memorization) a
+    difference-in-differences of a trained-items measure and its held-out control."""
+
+    key: str  # the comparison id
+    column: str  # the main table's column it decides the bold of
+    label: str
+    group: str  # the metric group: target, forgetting, memorization
+    higher_is_better: bool
+    measure: Measure
+    metric: str
+    control: Measure | None = None  # DiD: the same measure on held-out controls
+
+    def phrases(self) -> tuple[str, str]:
+        return _PHRASES.get(self.group, ("", ""))
+
+
+_PHRASES = {"target": ("scores higher than", "scores lower than"),
+            "forgetting": ("forgets less than", "forgets more than"),
+            "memorization": ("memorizes less than", "memorizes more than")}
+
+
+def headlines(metrics: Sequence[Metric]) -> list[Headline]:
+    """The measures of the metrics' summary lines: target, each forgetting axis,
+    memorization (as a difference-in-differences over held-out controls)."""
+    out = []
+    for metric in metrics:
+        measures = {m.name: m for m in metric.measures()}
+        for term in metric.summary():
+            m = term.measure
+            if term.path[0] == MEMORIZATION_INCREASE:
+                control = measures.get(m.name.replace("/train/", "/control/"))
+                label = f"memorization DiD {'/'.join(term.path[1:])}"
+                column = f"{MEMORIZATION_INCREASE}:{term.path[1]}" if term.path[-1] == (
+                    "rouge_l_above") else ""
+                out.append(Headline(f"memorization/{'/'.join(term.path[1:])}", column, label,
+                                    metric.group, m.higher_is_better, m, metric.name, control))
+            else:
+                column = ":".join(term.path)
+                out.append(Headline(m.name, column, m.name, metric.group, m.higher_is_better,
+                                    m, metric.name))
+    return out
+
+
+def _did(group: Mapping[str, Sequence[Any]], field: str, prefix: str = "") -> float:
+    """(tuned - base) on trained items minus the same on held-out controls."""
+    def mean_change(pairs: Sequence[Any]) -> float:
+        return math.fsum(float(m[field]) - float(b[field]) for m, b in pairs) / len(pairs)
+
+    return mean_change(group[prefix + "train"]) - mean_change(group[prefix + "control"])
+
+
+class _Comparer:
+    """Paired differences between runs, from their items (one list of runs = one arm's
+    seeds). Every difference is in the measure's own units; proportions x100 (points)."""
+
+    def __init__(self, runs: Sequence[dict[str, Any]], items: Sequence[Rows], confidence: float,
+                 resamples: int, seed: int):
+        self.index = {id(r): i for i, r in enumerate(runs)}
+        self.items = items
+        self.confidence, self.resamples, self.seed = confidence, resamples, seed
+
+    def rows(self, run: dict[str, Any], h: Headline, measure: Measure,
+             subject: str = "model") -> list[dict[str, Any]]:
+        per = self.items[self.index[id(run)]].get(h.metric) or {}
+        return measure.select(per.get(subject) or [])
+
+    def _seeds(self, a: Sequence[dict[str, Any]],
+               b: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Runs of A and B paired by training seed (by order where seeds do not match)."""
+        by = {r.get("seed"): r for r in b}
+        pairs = [(r, by[r.get("seed")]) for r in a if r.get("seed") in by]
+        return pairs or list(zip(a, b, strict=False))
+
+    def _did_groups(self, pairs: Sequence[tuple[dict[str, Any], dict[str, Any] | None]],
+                    h: Headline) -> list[dict[str, list]]:
+        if h.control is None:
+            return []
+        groups = []
+        for ra, rb in pairs:
+            g: dict[str, list] = {}
+            for prefix, run in (("", ra), ("ref_", rb)):
+                if run is None:
+                    continue
+                for split, m in (("train", h.measure), ("control", h.control)):
+                    g[prefix + split] = list(zip(*_pair(self.rows(run, h, m),
+                                                        self.rows(run, h, m, "base")),
+                                                 strict=True))
+            if any(not v for v in g.values()):
+                return []
+            groups.append(g)
+        return groups
+
+    def difference(self, a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]] | None,
+                   h: Headline) -> Difference | None:
+        """A - B on a headline measure (B None: A's own base-model items; None when
+        the items are not recorded)."""
+        if b is None:
+            return self._vs_base(a, h)
+        pairs = self._seeds(a, b)
+        opts = {"resamples": self.resamples, "confidence": self.confidence, "seed": self.seed}
+        if h.control is not None:
+            groups = self._did_groups(pairs, h)
+            if not groups:
+                return None
+            return strata_difference(
+                groups, lambda g: _did(g, h.measure.field) - _did(g, h.measure.field, "ref_"),
+                **opts).scaled(100.0)
+        seeds = [_pair(self.rows(ra, h, h.measure), self.rows(rb, h, h.measure))
+                 for ra, rb in pairs]
+        return self._measure_difference(seeds, h)
+
+    def _vs_base(self, runs: Sequence[dict[str, Any]], h: Headline) -> Difference | None:
+        if h.control is not None:
+            groups = self._did_groups([(r, None) for r in runs], h)
+            if not groups:
+                return None
+            return strata_difference(groups, lambda g: _did(g, h.measure.field),
+                                     resamples=self.resamples, confidence=self.confidence,
+                                     seed=self.seed).scaled(100.0)
+        seeds = [_pair(self.rows(r, h, h.measure), self.rows(r, h, h.measure, "base"))
+                 for r in runs]
+        return self._measure_difference(seeds, h)
+
+    def _measure_difference(self, seeds: Sequence[tuple[list, list]],
+                            h: Headline) -> Difference | None:
+        opts = {"resamples": self.resamples, "confidence": self.confidence, "seed": self.seed}
+        if not seeds or any(not x for x, _ in seeds):
+            return None
+        # One test set scored by every seed's model: share the item draws across seeds.
+        crossed = len({tuple(_key(r) for r in x) for x, _ in seeds}) == 1
+        f = h.measure.field
+        if h.measure.aggregation == "mean" and all(_binary(x, f) and _binary(y, f)
+                                                   for x, y in seeds):
+            return paired_proportions(
+                [([float(r[f]) for r in x], [float(r[f]) for r in y]) for x, y in seeds],
+                crossed=crossed, **opts).scaled(100.0)
+        return paired_difference(seeds, h.measure.aggregate_fn(), crossed=crossed, **opts)
+
+
+def _units(h: Headline, diff: Difference) -> tuple[str, int]:
+    """Unit and decimals: points for proportions, else enough to show the MDE."""
+    if diff.method == NEWCOMBE or h.control is not None or diff.discordant is not None:
+        return "pts", 1
+    scale = diff.mde or abs(diff.value) or 1.0
+    return "", max(1, min(5, 1 - math.floor(math.log10(scale))))
+
+
+# ----------------------------------------------------------------------------- arms
 
 
 def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -124,12 +356,20 @@ def _arm(path: Path, results: dict[str, Any]) -> dict[str, Any]:
         arm["name"] = f"base ({results['model']['name']})"
         arm["data"] = "—"
     arm["is_base"] = not adapter
-    arm["accuracy"] = metrics.get("gsm8k/strict_match")
-    arm["target_gain"] = summary.get("target_gain")
-    forgetting = summary.get("forgetting") or {}
+    arm["seed"] = manifest.get("seed")
+    arm["arm"] = _SEED_SUFFIX.sub("", arm["name"]) if adapter else arm["name"]
+    confidence = float((results["suite"].get("config") or {}).get("confidence")
+                       or DEFAULT_CONFIDENCE)
+    arm["accuracy"] = _exact(metrics.get("gsm8k/strict_match"), confidence)
+    arm["target_gain"] = summary.get(TARGET_GAIN)
+    # Each forgetting axis on its own: their units differ (points, % bits per byte),
+    # so the runner's "overall" mean of them is not shown.
+    forgetting = summary.get(FORGETTING) or {}
     arm["forgetting"] = {k: v for k, v in forgetting.items() if k != "overall"}
-    arm["forgetting_overall"] = forgetting.get("overall")
-    arm["memorization"] = summary.get("memorization_increase") or {}
+    # Replaced by the difference-in-differences over held-out controls when the items
+    # are recorded (compare()); this is the trained items' increase alone.
+    arm["memorization"] = summary.get(MEMORIZATION_INCREASE) or {}
+    arm["memorization_did"] = False
     arm["train_ppl"] = metrics.get("train_ppl")
     arm["fit_gap"] = metrics.get("fit/gap")
     arm["checkpoints"] = results.get("checkpoints") or []
@@ -140,6 +380,21 @@ def _arm(path: Path, results: dict[str, Any]) -> dict[str, Any]:
     arm["source"] = json.dumps({k: (manifest.get("data") or {}).get(k)
                                 for k in ("kind", "mode", "task", "path")}, sort_keys=True)
     return arm
+
+
+def _exact(est: Mapping[str, Any] | None, confidence: float) -> dict[str, Any] | None:
+    """An accuracy's entry with the exact (Clopper–Pearson) interval of its k/n."""
+    if not est or est.get("value") is None or not est.get("n"):
+        return dict(est) if est else None
+    n = int(est["n"])
+    k = est["value"] * n
+    if abs(k - round(k)) > 1e-6:
+        return dict(est)  # not a proportion of n items
+    out = {**est, **proportion(round(k), n, confidence).to_dict(),
+           "method": "Clopper-Pearson"}
+    if isinstance(est.get("base"), Mapping):
+        out["base"] = _exact(est["base"], confidence)
+    return out
 
 
 def _fairness(arms: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -220,40 +475,159 @@ def _seed_spread(arms: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _best(arms: Sequence[dict[str, Any]], get: Any, higher: bool) -> int | None:
+def _best(arms: Sequence[dict[str, Any]], get: Any, higher: bool,
+          heads: Sequence[Headline], comparer: _Comparer | None) -> int | None:
+    """The arm to bold in a column: the best by point estimate, but only where its
+    paired difference to every other trained arm excludes zero in its favour."""
     vals = [(i, get(a)) for i, a in enumerate(arms) if not a["is_base"]]
     vals = [(i, v["value"]) for i, v in vals if v and v.get("value") is not None
             and math.isfinite(v["value"])]
-    if len(vals) < 2:
+    if len(vals) < 2 or comparer is None or not heads:
         return None
-    return (max if higher else min)(vals, key=lambda iv: iv[1])[0]
+    best = (max if higher else min)(vals, key=lambda iv: iv[1])[0]
+    h = heads[0]
+    for i, _ in vals:
+        if i == best:
+            continue
+        d = comparer.difference([arms[best]], [arms[i]], h)
+        if d is None or not d.excludes_zero or ((d.low or 0) > 0) != h.higher_is_better:
+            return None
+    return best
 
 
-def _table(arms: Sequence[dict[str, Any]]) -> str:
+def _unit(arms: Sequence[dict[str, Any]], task: str) -> str:
+    units = {(a["forgetting"].get(task) or {}).get("unit") for a in arms} - {None}
+    return f" ({units.pop()})" if len(units) == 1 else ""
+
+
+def _table(arms: Sequence[dict[str, Any]], heads: Sequence[Headline],
+           comparer: _Comparer | None) -> str:
     tasks = sorted({t for a in arms for t in a["forgetting"]})
     settings = sorted({s for a in arms for s in a["memorization"]})
-    columns: list[tuple[str, Any, bool | None, int]] = [
-        ("gsm8k acc", lambda a: a["accuracy"], None, 3),
-        ("target gain (pts)", lambda a: a["target_gain"], True, 1),
-        *[(f"forgetting {t}", lambda a, t=t: a["forgetting"].get(t), False, 2) for t in tasks],
-        ("forgetting overall", lambda a: a["forgetting_overall"], False, 2),
-        *[(f"memorization ↑ {s} (pts)",
+    did = any(a["memorization_did"] for a in arms)
+    mem = "memorization DiD" if did else "memorization ↑ (trained items only)"
+    columns: list[tuple[str, str, Any, bool | None, int]] = [
+        ("gsm8k acc (%)", "", lambda a: _points(a["accuracy"]), None, 1),
+        ("target gain (pts)", TARGET_GAIN, lambda a: a["target_gain"], True, 1),
+        *[(f"forgetting {t}{_unit(arms, t)}", f"{FORGETTING}:{t}",
+           lambda a, t=t: a["forgetting"].get(t), False, 2) for t in tasks],
+        *[(f"{mem} {s} (pts)", f"{MEMORIZATION_INCREASE}:{s}",
            lambda a, s=s: (a["memorization"].get(s) or {}).get("rouge_l_above"), False, 1)
           for s in settings],
-        ("train-data ppl (base)", lambda a: a["train_ppl"], None, 2),
-        ("val − train loss", lambda a: a["fit_gap"], False, 3),
+        ("train-data ppl (base)", "", lambda a: a["train_ppl"], None, 2),
+        ("val − train loss", "", lambda a: a["fit_gap"], None, 3),
     ]
-    best = {c[0]: _best(arms, c[1], c[2]) if c[2] is not None else None for c in columns}
+    best = {c[0]: _best(arms, c[2], c[3], [h for h in heads if h.column == c[1]], comparer)
+            if c[3] is not None and c[1] else None for c in columns}
     header = ["arm", "data", *[c[0] for c in columns], "train tokens", "time (s)"]
     rows = []
     for i, a in enumerate(arms):
         cells = [a["name"], a["data"]]
-        for name, get, _, digits in columns:
+        for name, _, get, _, digits in columns:
             cells.append(fmt_est(get(a), digits, bold=best[name] == i))
         cells += [fmt(a["train_tokens"]) if a["train_tokens"] is not None else "–",
                   fmt(a["wall_time_s"], 1) if a["wall_time_s"] is not None else "–"]
         rows.append(cells)
     return markdown_table(header, rows, ["l", "l"] + ["r"] * (len(header) - 2))
+
+
+def _points(est: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not est or est.get("value") is None:
+        return None
+    ci = est.get("ci") or [None, None]
+    return {**est, "value": 100 * est["value"],
+            "ci": [None if c is None else 100 * c for c in ci]}
+
+
+def _forgetting_axis(arms: Sequence[dict[str, Any]]) -> str | None:
+    """The one forgetting axis of the Pareto plot: a continuous one (not accuracy
+    points) where there is one, else the first."""
+    tasks = sorted({t for a in arms for t in a["forgetting"]})
+    continuous = [t for t in tasks if not any(
+        "accuracy" in str((a["forgetting"].get(t) or {}).get("unit", "")) for a in arms)]
+    return (continuous or tasks or [None])[0]
+
+
+def _reference(groups: Mapping[str, list[dict[str, Any]]]) -> str | None:
+    """The ground-truth arm (the human references), else the first trained arm."""
+    names = list(groups)
+    for name in names:
+        if groups[name][0]["data"] == "ground_truth":
+            return name
+    return names[0] if names else None
+
+
+def _comparisons(groups: Mapping[str, list[dict[str, Any]]], ref: str | None,
+                 heads: Sequence[Headline], comparer: _Comparer) -> list[dict[str, Any]]:
+    """Every trained arm vs the base model and vs the reference arm, on every headline
+    measure, from the items (pooled over seeds; per seed where there are several)."""
+    out = []
+    for name, runs in groups.items():
+        against: list[tuple[str, list[dict[str, Any]] | None]] = [("base", None)]
+        if ref is not None and name != ref:
+            against.append((ref, groups[ref]))
+        for other, other_runs in against:
+            for h in heads:
+                d = comparer.difference(runs, other_runs, h)
+                if d is None:
+                    continue
+                row: dict[str, Any] = {"arm": name, "vs": other, "measure": h.key,
+                                       "label": h.label, "group": h.group,
+                                       "higher_is_better": h.higher_is_better, **d.to_dict()}
+                if len(runs) > 1 and other_runs is not None:
+                    row["seed_differences"] = [
+                        {"seed": ra.get("seed"), **dd.to_dict()}
+                        for ra, rb in comparer._seeds(runs, other_runs)
+                        if (dd := comparer.difference([ra], [rb], h)) is not None]
+                row["_diff"] = d
+                row["_head"] = h
+                out.append(row)
+    return out
+
+
+def _comparison_section(rows: Sequence[dict[str, Any]], ref: str | None,
+                        seeds: int) -> list[str]:
+    md = ["## Paired differences", ""]
+    if not rows:
+        return [*md, "No per-item scores (items.jsonl) beside the results: no paired "
+                "differences between arms.", ""]
+    md += [f"Arm minus {ref} (the reference arm) and arm minus the base model, on the same "
+           "items, in the measure's units (proportions in points). *detectable*: the "
+           "smallest true difference found with 80% power by a two-sided 5% test at this n.",
+           ""]
+    table, says = [], []
+    for r in rows:
+        d, h = r["_diff"], r["_head"]
+        unit, digits = _units(h, d)
+        test = "McNemar p=" + fmt(r["p_value"], 3) if r.get("p_value") is not None else ""
+        table.append([r["arm"], r["vs"], h.label + (f" ({unit})" if unit else ""),
+                      describe(d, digits), "–" if d.mde is None else f"±{number(d.mde, digits)}",
+                      sample_size(d), test or "–"])
+        better, worse = h.phrases()
+        says.append(verdict(r["arm"], r["vs"], h.label, d, h.higher_is_better, better=better,
+                            worse=worse, digits=digits, unit=unit))
+        for sd in r.get("seed_differences") or []:
+            ci = sd["ci"]
+            table.append([f"  seed {sd['seed']}", r["vs"], h.label, describe(Difference(
+                sd["value"], ci[0], ci[1], sd["n"], 1, sd["method"]), digits), "", "",
+                "McNemar p=" + fmt(sd["p_value"], 3) if sd.get("p_value") is not None else "–"])
+    md += [markdown_table(["arm", "minus", "measure", "difference [95% CI]", "detectable",
+                           "n", "test"], table, ["l", "l", "l", "r", "r", "r", "l"]), ""]
+    md += ["## What it says", "",
+           "Generated from the differences above: a claim only where the interval excludes "
+           "zero.", "", *[f"- {line}" for line in says], ""]
+    methods = sorted({r["method"] for r in rows})
+    md += ["Intervals: accuracies are Clopper–Pearson exact intervals; "
+           + "; ".join(methods) + ". Continuous measures: percentile bootstrap of the paired "
+           "difference; detectable effect (z₀.₉₇₅ + z₀.₈) × its bootstrap standard error. "
+           "Proportions of one seed: detectable effect from the discordant rate (Connor "
+           "1987). Memorization: (tuned − base) on trained items minus the same on held-out "
+           "controls, by reproduction (the memorization metric records no loss)."]
+    if seeds <= 1:
+        md += ["", "⚠ One training seed per arm: these intervals cover item variance only, "
+               "not run-to-run variance (which can be many times larger); train several "
+               "seeds to compare arms."]
+    return [*md, ""]
 
 
 def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[str, Any]:
@@ -262,6 +636,38 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
         raise CompareError("nothing to compare: pass at least one results.json or run dir")
     loaded = [(p, _load(p)) for p in (find_results(Path(x), suite) for x in paths)]
     arms = [_arm(p, r) for p, r in loaded]
+    items = [load_items(p, r) for p, r in loaded]
+    stats_cfg = loaded[0][1]["suite"].get("config") or {}
+    heads = headlines(_metrics_of(loaded[0][1]))
+    comparer = _Comparer(arms, items,
+                         float(stats_cfg.get("confidence") or DEFAULT_CONFIDENCE),
+                         int(stats_cfg.get("bootstrap_resamples") or DEFAULT_RESAMPLES),
+                         int(stats_cfg.get("seed") or 0))
+    by_column = {h.column: h for h in heads if h.column}
+    for arm in arms:
+        if arm["is_base"]:
+            continue
+        gain = by_column.get(TARGET_GAIN)
+        d = comparer.difference([arm], None, gain) if gain else None
+        if d is not None:  # exact paired interval from the items
+            arm["target_gain"] = {"unit": "accuracy points", **d.to_dict()}
+        for task, est in arm["forgetting"].items():
+            h = by_column.get(f"{FORGETTING}:{task}")
+            if h is None or "accuracy points" not in str(est.get("unit", "")):
+                continue
+            d = comparer.difference([arm], None, h)
+            if d is not None and d.discordant is not None:  # accuracy: Newcombe, points lost
+                arm["forgetting"][task] = {"unit": est["unit"], **d.scaled(-1.0).to_dict()}
+        did = {}
+        for h in heads:
+            if h.control is None:
+                continue
+            d = comparer.difference([arm], None, h)
+            if d is not None:
+                setting, name = h.key.split("/")[1:]
+                did.setdefault(setting, {})[name] = d.to_dict()
+        if did:
+            arm["memorization"], arm["memorization_did"] = did, True
     notes = []
     if len({(a["model"], a["model_revision"]) for a in arms}) > 1:
         notes.append("arms were evaluated on different base models: "
@@ -273,17 +679,26 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
     if not any(a["is_base"] for a in arms):
         first = loaded[0][1]
         base_acc = (first["metrics"].get("gsm8k/strict_match") or {}).get("base")
+        confidence = float(stats_cfg.get("confidence") or DEFAULT_CONFIDENCE)
         arms.insert(0, {**{k: None for k in arms[0]}, "name": f"base ({first['model']['name']})",
-                        "data": "—", "is_base": True, "accuracy": base_acc, "forgetting": {},
-                        "memorization": {}, "settings": {}, "checkpoints": [],
-                        "source": ""})
+                        "data": "—", "is_base": True,
+                        "accuracy": _exact(base_acc, confidence), "forgetting": {},
+                        "memorization": {}, "memorization_did": False, "settings": {},
+                        "checkpoints": [], "source": ""})
+    trained = [a for a in arms if not a["is_base"]]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for a in trained:
+        groups.setdefault(a["arm"], []).append(a)
+    ref = _reference(groups)
+    comparisons = _comparisons(groups, ref, heads, comparer)
+    seeds = max((len(g) for g in groups.values()), default=1)
+    axis = _forgetting_axis(trained)
     flags = _fairness(arms)
     curves = _saturation(arms)
     spread = _seed_spread(arms)
 
     out.mkdir(parents=True, exist_ok=True)
-    trained = [a for a in arms if not a["is_base"]]
-    plots = [pareto_plot(trained, out / "pareto.png"),
+    plots = [pareto_plot(trained, out / "pareto.png", axis),
              memorization_plot(trained, out / "memorization.png")]
     if any(a.get("loss_history") for a in trained):
         plots.append(loss_plot([a for a in trained if a.get("loss_history")],
@@ -292,16 +707,25 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
         plots.append(saturation_plot(curves, out / "saturation.png"))
 
     md = ["# Distillation comparison", "",
-          "Each number is `value [95% bootstrap interval]`; changes are from the base model "
-          "on the same items (paired). **Bold**: the best arm in the column.", "",
-          _table(arms), "",
+          "Each number is `value [95% interval]`: accuracies with their exact "
+          "(Clopper–Pearson) interval, changes from the base model on the same items "
+          "(paired; target gain with Newcombe's interval where the items are recorded). "
+          "**Bold**: the best arm in a column, only where its paired difference to every "
+          "other arm excludes zero.", "",
+          _table(arms, heads, comparer), "",
           "- *target gain*: gsm8k strict-match accuracy minus the base model's, in points.",
-          "- *forgetting*: bbh = accuracy points lost; wikitext = % more bits per byte; "
-          "overall = their mean. Lower is better; negative means improved.",
+          "- *forgetting*: one column per axis, in its own unit (bbh: accuracy points lost; "
+          "wikitext: % more bits per byte); they are not averaged. Lower is better; "
+          "negative means improved.",
+          "- *memorization DiD*: (tuned − base) share of responses reproduced with ROUGE-L ≥ "
+          "the threshold on trained items, minus the same on held-out controls (points)."
+          if any(a["memorization_did"] for a in arms) else
           "- *memorization ↑*: increase over the base model in the share of trained responses "
-          "reproduced with ROUGE-L ≥ the threshold.",
+          "reproduced with ROUGE-L ≥ the threshold (no items recorded: not corrected by the "
+          "held-out controls).",
           "- *train-data ppl (base)*: perplexity of the arm's training responses under the "
           "base model (distilled data is usually less surprising than human data).", ""]
+    md += _comparison_section(comparisons, ref, seeds)
     md += ["## Fair comparison", ""]
     if flags:
         md.append("These arms differ from the reference arm in more than their data; "
@@ -351,6 +775,9 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
     markdown = "\n".join(md)
     (out / "report.md").write_text(markdown, encoding="utf-8")
     report = {"arms": [{k: v for k, v in a.items() if k != "loss_history"} for a in arms],
+              "reference_arm": ref, "pareto_axis": axis,
+              "comparisons": [{k: v for k, v in r.items() if not k.startswith("_")}
+                              for r in comparisons],
               "fairness_flags": flags, "saturation": curves, "seed_spread": spread,
               "notes": notes,
               "plots": [p.name for p in plots]}

@@ -16,9 +16,10 @@ import json
 import logging
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from teacher.serving.engine import EngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +31,9 @@ class AdapterMismatchError(ValueError):
     """A peft adapter that does not fit the base model."""
 
 
-@dataclass
-class EngineSettings:
-    """How the model is served (the suite's ``engine`` section)."""
-
-    name: str = "hf"  # a teacher engine: "hf" or "vllm"
-    dtype: str = "float32"  # fp32 on CPU: bf16 is emulated there
-    max_model_len: int = 2048
-    max_batch_size: int = 16
-    options: dict = field(default_factory=dict)  # extra engine options
+def eval_engine() -> EngineSettings:
+    """How the model is served unless the suite's ``engine`` section says otherwise."""
+    return EngineSettings(name="hf", dtype="float32", max_batch_size=16)  # bf16 is emulated on CPU
 
 
 def check_adapter_fits(model: Any, adapter_dir: Path, base_name: str = "") -> None:
@@ -113,8 +108,8 @@ async def serve(
     base_path: Path, adapter_dir: Path | None, engine: EngineSettings
 ) -> AsyncIterator[Any]:
     """A started TeacherService hosting the model (merged when an adapter is given)."""
-    from teacher.serving.engine import EngineConfig, load_engine
-    from teacher.serving.service import Limits, ModelHost, TeacherService
+    from teacher.serving.server import ModelSpec, build_service
+    from teacher.serving.service import Limits
 
     with contextlib.ExitStack() as stack:
         path = base_path
@@ -122,16 +117,9 @@ async def serve(
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="distill-merged-")))
             log.info("merging adapter %s into %s", adapter_dir, base_path)
             path = merge_adapter(base_path, adapter_dir, tmp)
-        # The batch-size knob has a different name in each engine.
-        batch_key = "max_num_seqs" if engine.name == "vllm" else "max_batch_size"
-        options = {batch_key: engine.max_batch_size, **engine.options}
-        config = EngineConfig(
-            model=str(path), name=MODEL_NAME, dtype=engine.dtype,
-            max_model_len=engine.max_model_len, options=options,
-        )
-        limits = Limits(max_queue=1 << 20, max_batch_prompts=1 << 16, max_score_items=1 << 16)
-        service = TeacherService([ModelHost(MODEL_NAME, load_engine(engine.name, config),
-                                            limits.max_queue)], limits)
+        limits = Limits(max_queue=1 << 20, max_queue_tokens=0, max_batch_prompts=1 << 16,
+                        max_score_items=1 << 16)
+        service = build_service([ModelSpec(MODEL_NAME, str(path))], engine, limits)
         await service.start()
         try:
             yield service

@@ -57,13 +57,13 @@ def bits_per_byte(loglikelihoods: Sequence[float], num_bytes: Sequence[float]) -
     return -math.fsum(loglikelihoods) / total / math.log(2)
 
 
-def prefix_token(hf_tokenizer: Any) -> int:
+def prefix_token(tokenizer: Any) -> int:
     """lm-eval ``HFLM.prefix_token_id``: BOS if the tokenizer has one, else EOS."""
-    if hf_tokenizer.bos_token_id is not None:
-        return int(hf_tokenizer.bos_token_id)
-    if hf_tokenizer.eos_token_id is None:
+    if tokenizer.bos_token_id is not None:
+        return int(tokenizer.bos_token_id)
+    if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has neither a BOS nor an EOS token")
-    return int(hf_tokenizer.eos_token_id)
+    return int(tokenizer.eos_token_id)
 
 
 async def document_loglikelihoods(
@@ -78,7 +78,7 @@ async def document_loglikelihoods(
     from teacher.serving.engine import ScoreInput
 
     tokenizer = model.tokenizer
-    prefix = prefix_token(tokenizer.hf)
+    prefix = prefix_token(tokenizer)
     windows: list[tuple[int, ScoreInput]] = []
     counts = []
     for d, text in enumerate(documents):

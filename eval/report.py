@@ -99,14 +99,18 @@ def _err(est: Mapping[str, Any]) -> tuple[float, float]:
     return (v - lo if lo is not None else 0.0, hi - v if hi is not None else 0.0)
 
 
-def pareto_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Target gain (y) against overall forgetting (x), with 95% intervals; the
-    Pareto front (no arm both gains more and forgets less) is drawn as a line."""
+def pareto_plot(arms: Sequence[Mapping[str, Any]], path: Path, axis: str | None) -> Path:
+    """Target gain (y) against one forgetting axis (x; one unit, never a mean of
+    several), with 95% intervals; the Pareto front (no arm both gains more and
+    forgets less) is drawn as a line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     pts = []
+    unit = ""
     for arm in arms:
-        gain, forget = arm.get("target_gain"), arm.get("forgetting_overall")
+        gain = arm.get("target_gain")
+        forget = (arm.get("forgetting") or {}).get(axis) if axis else None
+        unit = unit or (forget or {}).get("unit", "")
         if not gain or not forget:
             continue
         ex, ey = _err(forget), _err(gain)
@@ -119,7 +123,8 @@ def pareto_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
         ax.plot(*zip(*front, strict=True), "--", color="gray", lw=1, label="Pareto front")
     ax.axhline(0, color="black", lw=0.5)
     ax.axvline(0, color="black", lw=0.5)
-    ax.set_xlabel("forgetting (overall; lower is better)")
+    ax.set_xlabel(f"forgetting {axis or ''}" + (f", {unit}" if unit else "")
+                  + " (lower is better)")
     ax.set_ylabel("target gain, gsm8k strict (points)")
     ax.set_title("Target gain vs forgetting")
     ax.grid(alpha=0.3)
@@ -129,8 +134,9 @@ def pareto_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 
 def memorization_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Bars: memorization increase (ROUGE-L share above threshold, trained items) per
-    arm and setting, with 95% intervals."""
+    """Bars: memorization per arm and setting (ROUGE-L share above threshold; the
+    difference-in-differences over held-out controls where the report has it), with
+    95% intervals."""
     plt = _plt()
     settings = sorted({s for a in arms for s in (a.get("memorization") or {})})
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(arms) + 2), 4.2), dpi=120)
@@ -148,8 +154,11 @@ def memorization_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
             errs[1].append(e[1])
         ax.bar(xs, ys, width=width, yerr=errs, capsize=3, label=setting)
     ax.set_xticks(range(len(arms)), [a["name"] for a in arms], rotation=20, ha="right")
-    ax.set_ylabel("increase in share ROUGE-L ≥ threshold (points)")
-    ax.set_title("Memorization of training responses, vs the base model")
+    did = any(a.get("memorization_did") for a in arms)
+    ax.set_ylabel("share ROUGE-L ≥ threshold: " + (
+        "Δ trained − Δ controls (points)" if did else "increase (points)"))
+    ax.set_title("Memorization of training responses, vs the base model"
+                 + (" and held-out controls" if did else ""))
     ax.axhline(0, color="black", lw=0.5)
     ax.grid(axis="y", alpha=0.3)
     if settings:

@@ -9,18 +9,18 @@ unknown keys fail with a "did you mean" and ``key=value`` overrides work
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Sequence
 from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from eval.loading import EngineSettings
+from eval.loading import eval_engine
 from eval.metrics import DEFAULT_METRICS, Metric, get_metric, registered_metrics
-from teacher.core.config import ConfigError, load_config, to_dict
-from teacher.serving.engine import available_engines
+from teacher.core.config import ConfigError, did_you_mean, load_config, to_dict
+from teacher.serving.engine import EngineSettings, available_engines
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
+_LATER_ENGINE_KEYS = ("device", "seed")
 
 
 class UnknownSuiteError(ValueError):
@@ -60,7 +60,14 @@ class SuiteMethods:
         return self.metric(metric).section()
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        data = to_dict(self)
+        # Engine settings a suite did not use to have are written only when set, so
+        # results written before them still match (results.json's suite config).
+        engine, default = data["engine"], to_dict(EngineSettings())
+        for key in _LATER_ENGINE_KEYS:
+            if engine[key] == default[key]:
+                del engine[key]
+        return data
 
 
 def _suite_fields() -> list[tuple[str, Any, Any]]:
@@ -73,7 +80,7 @@ def _suite_fields() -> list[tuple[str, Any, Any]]:
         ("description", str, field(default="")),
         ("metrics", list[str], field(default_factory=lambda: list(DEFAULT_METRICS))),
         *sections,
-        ("engine", EngineSettings, field(default_factory=EngineSettings)),
+        ("engine", EngineSettings, field(default_factory=eval_engine)),
         ("bootstrap_resamples", int, field(default=1000)),
         ("confidence", float, field(default=0.95)),
         ("seed", int, field(default=0)),
@@ -102,12 +109,10 @@ def suite_path(name_or_path: str | Path) -> Path:
     candidate = SUITES_DIR / f"{name_or_path}.yaml"
     if candidate.is_file():
         return candidate
-    names = list_suites()
-    close = difflib.get_close_matches(str(name_or_path), names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    name, names = str(name_or_path), list_suites()
     raise UnknownSuiteError(
-        f"unknown suite {str(name_or_path)!r}{hint} (shipped suites: {', '.join(names)}; "
-        "or pass a path to a .yaml file)"
+        f"unknown suite {name!r}{did_you_mean(name, names)} (shipped suites: "
+        f"{', '.join(names)}; or pass a path to a .yaml file)"
     )
 
 

@@ -7,19 +7,13 @@ keys and bad values are reported under the config section that holds them.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from student.config import TrainConfig
 from student.data import StudentError
+from teacher.core.config import did_you_mean
 from teacher.core.rundir import CHECKPOINTS
-
-
-def _did_you_mean(key: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _build(cls: type, kwargs: dict[str, Any], section: str) -> Any:
@@ -27,7 +21,7 @@ def _build(cls: type, kwargs: dict[str, Any], section: str) -> Any:
     known = [f.name for f in dataclasses.fields(cls)]
     for key in kwargs:
         if key not in known:
-            raise StudentError(f"unknown {section} key {section}.{key}{_did_you_mean(key, known)}")
+            raise StudentError(f"unknown {section} key {section}.{key}{did_you_mean(key, known)}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -251,37 +252,41 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def _server_config(args, models: list[str], port: int):
-    from teacher.serving.engine import default_engine
+def _engine_settings(args):
+    from teacher.serving.engine import EngineSettings
+
+    return EngineSettings(
+        name=args.engine or "",
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        options=_engine_options(args.engine_option),
+    )
+
+
+def _server_config(args):
     from teacher.serving.server import ServerConfig, parse_model_spec
     from teacher.serving.service import Limits
 
     return ServerConfig(
-        models=[parse_model_spec(m) for m in models],
-        engine=args.engine or default_engine(),
-        host=getattr(args, "host", "127.0.0.1"),
-        port=port,
-        dtype=args.dtype,
-        max_model_len=args.max_model_len,
-        engine_options=_engine_options(args.engine_option),
-        limits=Limits(
-            max_queue=getattr(args, "max_queue", 256),
-            max_queue_tokens=getattr(args, "max_queue_tokens", Limits.max_queue_tokens),
-        ),
-        tls_cert=getattr(args, "tls_cert", None),
-        tls_key=getattr(args, "tls_key", None),
-        token_file=getattr(args, "token_file", None),
-        insecure=getattr(args, "insecure", False),
-        drain_timeout_s=getattr(args, "drain_timeout", 30.0),
-        max_message_bytes=int(getattr(args, "max_message_mb", 16.0) * 1024 * 1024),
-        max_connection_age_s=getattr(args, "max_connection_age", 0.0),
+        models=[parse_model_spec(m) for m in args.model],
+        engine=_engine_settings(args),
+        host=args.host,
+        port=args.port,
+        limits=Limits(max_queue=args.max_queue, max_queue_tokens=args.max_queue_tokens),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        token_file=args.token_file,
+        insecure=args.insecure,
+        drain_timeout_s=args.drain_timeout,
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        max_connection_age_s=args.max_connection_age,
     )
 
 
 def _serve(args) -> int:
     from teacher.serving.server import serve
 
-    return asyncio.run(serve(_server_config(args, args.model, args.port)))
+    return asyncio.run(serve(_server_config(args)))
 
 
 async def _ask(args) -> int:
@@ -289,29 +294,22 @@ async def _ask(args) -> int:
 
     from teacher.serving.client import TeacherClient
     from teacher.serving.sampling import SamplingParams
+    from teacher.serving.service import SampleChunk
 
     token = Path(args.token_file).read_text().strip() if args.token_file else None
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     async with TeacherClient(args.address, token=token) as client:
-        async for message in client.generate_stream(
+        async for event in client.generate_stream(
             [{"role": "user", "content": args.prompt}], params, model=args.model
         ):
-            if message.WhichOneof("event") == "chunk":
-                print(message.chunk.text, end="", flush=True)
+            if isinstance(event, SampleChunk):
+                print(event.text, end="", flush=True)
             else:
-                final = message.final
                 print(
-                    f"\n[{final.usage.completion_tokens} tokens, "
-                    f"{final.timing.tokens_per_s:.1f} tok/s, "
-                    f"stop: {final.stop_reason and _stop_name(final.stop_reason)}]"
+                    f"\n[{event.completion_tokens} tokens, {event.tokens_per_s:.1f} tok/s, "
+                    f"stop: {event.stop_reason}]"
                 )
     return 0
-
-
-def _stop_name(value: int) -> str:
-    from teacher.api import teacher_pb2 as pb
-
-    return pb.StopReason.Name(value).removeprefix("STOP_REASON_").lower()
 
 
 async def _demo(args) -> int:
@@ -319,66 +317,58 @@ async def _demo(args) -> int:
     import time
 
     from teacher.core import models
-    from teacher.serving.client import TeacherClient
+    from teacher.serving.local import local_teacher
     from teacher.serving.sampling import SamplingParams
-    from teacher.serving.server import TeacherServer, build_service
+    from teacher.serving.service import SampleChunk
 
     name = args.model or models.DEFAULT_TEACHER
-    config = _server_config(args, [f"teacher={name}"], 0)
-    config.host = "127.0.0.1"
+    engine = _engine_settings(args).resolved()
     started = time.perf_counter()
-    server = TeacherServer(build_service(config), config)
-    await server.start()
-    address = f"127.0.0.1:{server.port}"
-    print(
-        f"teacher {name!r} on {address} (engine {config.engine}), "
-        f"ready in {time.perf_counter() - started:.0f} s"
-    )
-    try:
-        async with TeacherClient(address) as client:
-            await client.wait_ready()
-            info = (await client.list_models())[0]
-            print(
-                f"model: {info.name} rev {info.revision} ctx {info.context_length} "
-                f"{info.dtype} on {info.device}"
-            )
-            prompt = [
+    async with local_teacher([f"teacher={name}"], engine) as (client, _):
+        print(
+            f"teacher {name!r} on {client.addresses[0]} (engine {engine.name}), "
+            f"ready in {time.perf_counter() - started:.0f} s"
+        )
+        await client.wait_ready()
+        info = (await client.list_models())[0]
+        print(
+            f"model: {info.name} rev {info.revision} ctx {info.context_length} "
+            f"{info.dtype} on {info.device}"
+        )
+        prompt = [
+            {
+                "role": "user",
+                "content": args.question
+                + " Reason step by step, then give the final answer after '####'.",
+            }
+        ]
+        print(f"\nQ: {args.question}\nA: ", end="", flush=True)
+        final = None
+        async for event in client.generate_stream(
+            prompt, SamplingParams(max_new_tokens=256, seed=0)
+        ):
+            if isinstance(event, SampleChunk):
+                print(event.text, end="", flush=True)
+            else:
+                final = event
+        print(
+            f"\n\n[{final.completion_tokens} tokens at {final.tokens_per_s:.1f} tok/s, "
+            f"first token after {final.time_to_first_token_s:.2f} s]"
+        )
+        score = (await client.score([(prompt, final.text)], ppl_threshold=2.5))[0]
+        print(
+            json.dumps(
                 {
-                    "role": "user",
-                    "content": args.question
-                    + " Reason step by step, then give the final answer after '####'.",
-                }
-            ]
-            print(f"\nQ: {args.question}\nA: ", end="", flush=True)
-            final = None
-            async for message in client.generate_stream(
-                prompt, SamplingParams(max_new_tokens=256, seed=0)
-            ):
-                if message.WhichOneof("event") == "chunk":
-                    print(message.chunk.text, end="", flush=True)
-                else:
-                    final = message.final
-            print(
-                f"\n\n[{final.usage.completion_tokens} tokens at "
-                f"{final.timing.tokens_per_s:.1f} tok/s, "
-                f"first token after {final.timing.time_to_first_token_s:.2f} s]"
+                    "score_of_own_answer": {
+                        "tokens": score.num_tokens,
+                        "mean_nll": round(score.mean_nll, 4),
+                        "perplexity": round(score.perplexity, 4),
+                        "share_above_ppl_2.5": round(score.frac_above_threshold, 4),
+                    }
+                },
+                indent=2,
             )
-            score = (await client.score([(prompt, final.text)], ppl_threshold=2.5))[0]
-            print(
-                json.dumps(
-                    {
-                        "score_of_own_answer": {
-                            "tokens": score.num_tokens,
-                            "mean_nll": round(score.mean_nll, 4),
-                            "perplexity": round(score.perplexity, 4),
-                            "share_above_ppl_2.5": round(score.frac_above_threshold, 4),
-                        }
-                    },
-                    indent=2,
-                )
-            )
-    finally:
-        await server.drain_and_stop()
+        )
     return 0
 
 
@@ -391,7 +381,8 @@ async def _generate(args) -> int:
     from teacher.core import models
     from teacher.distill.job import GenerateConfig, run_job
     from teacher.serving.client import TeacherClient
-    from teacher.serving.server import TeacherServer, build_service, parse_model_spec
+    from teacher.serving.local import local_teacher
+    from teacher.serving.server import parse_model_spec
 
     try:
         worker = tuple(int(x) for x in args.worker.split("/"))
@@ -425,34 +416,33 @@ async def _generate(args) -> int:
     from teacher.distill.job import load_examples
 
     load_examples(config)  # bad task/split/data dir fail before any model loads
-    server = None
     address = args.address
-    token = Path(args.token_file).read_text().strip() if args.token_file else None
-    if args.in_process:
-        generator = parse_model_spec(args.model or models.DEFAULT_STUDENT)
-        specs = [f"{generator.name}={generator.source}"]
-        config.model = generator.name
-        if args.scorer_model:
-            scorer = parse_model_spec(args.scorer_model)
-            config.scorer_model = scorer.name
-            if scorer.name != generator.name:
-                specs.append(f"{scorer.name}={scorer.source}")
-        server_config = _server_config(args, specs, 0)
-        server_config.host = "127.0.0.1"
-        server = TeacherServer(build_service(server_config), server_config)
-        await server.start()
-        address = f"127.0.0.1:{server.port}"
-        token = None
-    else:
-        config.model, config.scorer_model = args.model, args.scorer_model
-    try:
-        async with TeacherClient(address, token=token, timeout_s=args.timeout) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        if args.in_process:
+            generator = parse_model_spec(args.model or models.DEFAULT_STUDENT)
+            specs = [f"{generator.name}={generator.source}"]
+            config.model = generator.name
+            if args.scorer_model:
+                scorer = parse_model_spec(args.scorer_model)
+                config.scorer_model = scorer.name
+                if scorer.name != generator.name:
+                    specs.append(f"{scorer.name}={scorer.source}")
+            client, _ = await stack.enter_async_context(
+                local_teacher(specs, _engine_settings(args), timeout_s=args.timeout)
+            )
+            address = client.addresses[0]
+        else:
+            config.model, config.scorer_model = args.model, args.scorer_model
+            token = Path(args.token_file).read_text().strip() if args.token_file else None
+            client = await stack.enter_async_context(
+                TeacherClient(address, token=token, timeout_s=args.timeout)
+            )
+        try:
             await run_job(client, config)
-    except grpc.aio.AioRpcError as err:
-        raise RuntimeError(f"teacher at {address}: {err.code().name}: {err.details()}") from err
-    finally:
-        if server is not None:
-            await server.drain_and_stop()
+        except grpc.aio.AioRpcError as err:
+            raise RuntimeError(
+                f"teacher at {address}: {err.code().name}: {err.details()}"
+            ) from err
     return 0
 
 

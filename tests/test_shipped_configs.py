@@ -1,6 +1,6 @@
 """Every shipped YAML starts with the command that runs it and loads with its loader.
 
-The experiment configs are also planned in tests/eval/test_experiment.py; here every
+The experiment configs are also planned in tests/eval/experiment/test_planner.py; here every
 student config, eval suite and accelerate config is checked too, so a re-layout that
 breaks a loader (or a key a config uses) fails here rather than in a user's run.
 """

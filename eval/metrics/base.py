@@ -21,7 +21,6 @@ the run directory alone (no model) are :class:`RunMetric`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any, ClassVar, TypeVar
 
 from eval.cache import fingerprint
 from eval.perplexity import bits_per_byte, weighted_perplexity
-from teacher.core.config import ConfigError, to_dict
+from teacher.core.config import ConfigError, did_you_mean, to_dict
 
 Item = Mapping[str, Any]
 Row = dict[str, Any]
@@ -265,8 +264,7 @@ def get_metric(name: str) -> type[Metric]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=2)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownMetricError(
-            f"unknown metric {name!r}{hint} (known: {', '.join(_REGISTRY)})"
+            f"unknown metric {name!r}{did_you_mean(name, _REGISTRY, n=2)} "
+            f"(known: {', '.join(_REGISTRY)})"
         ) from None

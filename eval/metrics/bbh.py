@@ -6,7 +6,6 @@ per subtask; the "get-answer" filter, then plain (case-sensitive) exact match.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from eval.metrics.base import (
     examples_fingerprint,
     register_metric,
 )
+from teacher.core.config import did_you_mean
 from teacher.core.tasks import (
     BBH_COT_FEWSHOT_METRIC,
     BBH_SUBTASKS,
@@ -49,9 +49,8 @@ def bbh_subtasks(subtasks: list[str] | None) -> list[str]:
         return list(BBH_SUBTASKS)
     for name in names:
         if name not in BBH_SUBTASKS:
-            close = difflib.get_close_matches(name, BBH_SUBTASKS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UnknownMetricError(f"bbh.subtasks: unknown BBH subtask {name!r}{hint}")
+            raise UnknownMetricError(f"bbh.subtasks: unknown BBH subtask {name!r}"
+                                     f"{did_you_mean(name, BBH_SUBTASKS)}")
     return names
 
 

@@ -106,13 +106,11 @@ def split_response(token_ids: Sequence[int], decode: Any) -> tuple[str, str]:
     return decode(list(token_ids[:half])), decode(list(token_ids[half:]))
 
 
-def half_response_prompt(tokenizer: Any, prompt: Sequence[dict[str, str]], head: str) -> str:
+def half_response_prompt(model: Any, prompt: Sequence[dict[str, str]], head: str) -> str:
     """The chat prompt with the first half of the response already written, as raw
     text: the service's chat prompts always end at the generation prompt, and a
-    half-written answer continues past it."""
-    chat = tokenizer.hf.apply_chat_template(list(prompt), tokenize=False,
-                                            add_generation_prompt=True)
-    return chat + head
+    half-written answer continues past it (rendered by the service, as every prompt)."""
+    return model.render_prompt(prompt) + head
 
 
 # ----------------------------------------------------------------------------- the metric
@@ -182,7 +180,7 @@ class Memorization(Metric):
                     longest = max(longest, len(ids))
                 else:
                     head, tail = split_response(ids, tokenizer.decode)
-                    prompts.append(half_response_prompt(tokenizer, ex.prompt, head))
+                    prompts.append(half_response_prompt(model, ex.prompt, head))
                     targets.append(tail)
                     longest = max(longest, len(ids) - len(ids) // 2)
             max_new = max(1, min(cfg.max_new_tokens, longest + 16))

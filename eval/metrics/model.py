@@ -27,6 +27,10 @@ class ServedModel:
         """The :class:`teacher.serving.tokenization.PromptTokenizer` behind every prompt."""
         return self.service.tokenizer(self.name)
 
+    def render_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        """Chat messages as the model reads them, to continue as raw text."""
+        return self.service.render_prompt(self.name, messages)
+
     @property
     def context_length(self) -> int:
         return next(info.context_length for info, _ in self.service.list_models()

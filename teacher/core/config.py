@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,17 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config that cannot be loaded; the message names the key."""
+
+
+def did_you_mean(name: str, known: Iterable[str], n: int = 1) -> str:
+    """``"; did you mean 'x'?"`` naming up to ``n`` of ``known`` closest to ``name``
+    (difflib's default cutoff), or ``""``: the one spelling of every unknown-name hint."""
+    return suggestion(difflib.get_close_matches(name, list(known), n=n))
+
+
+def suggestion(close: Sequence[str]) -> str:
+    """``"; did you mean 'a' or 'b'?"`` for candidates already chosen, or ``""``."""
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -52,8 +63,9 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, checking keys recursively."""
+def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "", start: T | None = None) -> T:
+    """Build dataclass ``cls`` from a mapping, checking keys recursively; the keys
+    given override ``start`` (default: the type's own defaults)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -62,18 +74,19 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     for key, value in data.items():
         where = f"{path}.{key}" if path else key
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {where!r}{hint}")
-        value = _coerce(hints[key], value, where)
+            raise ConfigError(f"unknown config key {where!r}{did_you_mean(key, fields)}")
         default = fields[key].default_factory
-        if isinstance(value, Mapping) and default is not dataclasses.MISSING:
-            base = default()
-            if isinstance(base, Mapping):  # pass-through mappings: override key by key
-                value = deep_merge(base, value)
+        base = default() if default is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(base) and isinstance(value, Mapping | None):
+            # A section whose default differs from its type's: keys given override it.
+            value = from_dict(type(base), value or {}, where, base)
+        else:
+            value = _coerce(hints[key], value, where)
+        if isinstance(value, Mapping) and isinstance(base, Mapping):
+            value = deep_merge(base, value)  # pass-through mappings: override key by key
         kwargs[key] = value
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(start, **kwargs) if start is not None else cls(**kwargs)
     except TypeError as exc:  # a required field missing
         raise ConfigError(f"{path or cls.__name__}: {exc}") from exc
 

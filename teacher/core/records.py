@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 SCHEMA = "distill.record/v1"
+# The distillation modes (teacher.distill.modes' registry, which this layer may not
+# import; tests/teacher/test_modes.py keeps the two and the wire enum equal) and
+# "ground_truth", a record of the reference itself.
 MODES = ("trace", "rewrite", "best_of_n", "ground_truth")
 Status = Literal["accepted", "fell_back", "rejected"]
 

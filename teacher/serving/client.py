@@ -2,8 +2,11 @@
 
 Give it one address or many (``"h1:50051,h2:50051"``): calls are spread
 round-robin, and a call that fails with UNAVAILABLE or RESOURCE_EXHAUSTED is
-retried with exponential backoff on the next address. A streaming call is only
-retried before its first message arrives, so no output is duplicated.
+retried with exponential backoff on the next address (one policy for unary and
+streaming calls). A streaming call is only retried before its first message
+arrives, so no output is duplicated. Every call returns the service's typed
+results (``SampleChunk``, ``SampleResult``, ``ScoreResult``, ``TokenizeResult``,
+``ServedModelInfo``, ``ModelLoad``; converted in :mod:`teacher.serving.convert`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import itertools
 import random
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,15 @@ from teacher.core.tasks import Example
 from teacher.distill.modes import DistillOptions
 from teacher.serving import convert
 from teacher.serving.sampling import SamplingParams
-from teacher.serving.service import SampleResult, ScoreItem
+from teacher.serving.service import (
+    ModelLoad,
+    SampleChunk,
+    SampleResult,
+    ScoreItem,
+    ScoreResult,
+    ServedModelInfo,
+    TokenizeResult,
+)
 from teacher.serving.tokenization import PromptInput
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -94,15 +105,61 @@ class TeacherClient:
     def _call_metadata(self, request_id: str | None) -> tuple[tuple[str, str], ...]:
         return (*self._metadata, ("x-request-id", request_id or uuid.uuid4().hex))
 
-    async def _backoff(self, attempt: int) -> None:
-        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
-        await asyncio.sleep(delay * (0.5 + random.random() / 2))
+    def _attempts(self) -> Iterator[tuple[int, Any]]:
+        """(attempt, stub) for each try of one call, round-robin over the replicas."""
+        for attempt in range(self.retries + 1):
+            yield attempt, self._stubs[next(self._next) % len(self._stubs)]
+
+    async def _retry_or_raise(self, err: grpc.aio.AioRpcError, attempt: int) -> None:
+        """The one retry policy: re-raise what a retry cannot fix; else back off
+        (exponentially, with jitter) before the next attempt."""
+        if err.code() not in RETRYABLE:
+            raise err
+        if attempt < self.retries:
+            delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
 
     def _gave_up(self, method: str, last: grpc.aio.AioRpcError) -> TeacherUnavailableError:
         return TeacherUnavailableError(
             f"teacher {','.join(self.addresses)} did not answer {method} after "
             f"{self.retries + 1} attempts: {last.code().name}: {last.details()}"
         )
+
+    async def _calls(
+        self,
+        method: str,
+        request: Any,
+        request_id: str | None,
+        timeout_s: float | None,
+        *,
+        stream: bool = False,
+    ) -> AsyncIterator[Any]:
+        """The replies of one call (one for a unary method, the messages of a stream),
+        tried against the replicas under the one retry policy. A stream is retried only
+        until its first message: retrying later would repeat output already given."""
+        metadata = self._call_metadata(request_id)
+        last: grpc.aio.AioRpcError | None = None
+        for attempt, stub in self._attempts():
+            call = getattr(stub, method)(
+                request, timeout=timeout_s or self.timeout_s, metadata=metadata
+            )
+            received = False
+            try:
+                if stream:
+                    async for message in call:
+                        received = True
+                        yield message
+                else:
+                    yield await call
+                return
+            except grpc.aio.AioRpcError as err:
+                if received:
+                    raise
+                await self._retry_or_raise(err, attempt)
+                last = err
+            finally:
+                call.cancel()  # no-op when finished; frees the server slot if we stop early
+        raise self._gave_up(method, last) from last
 
     async def _unary(
         self,
@@ -111,21 +168,11 @@ class TeacherClient:
         request_id: str | None = None,
         timeout_s: float | None = None,
     ) -> Any:
-        metadata = self._call_metadata(request_id)
-        last: grpc.aio.AioRpcError | None = None
-        for attempt in range(self.retries + 1):
-            index = next(self._next) % len(self._stubs)
-            try:
-                return await getattr(self._stubs[index], method)(
-                    request, timeout=timeout_s or self.timeout_s, metadata=metadata
-                )
-            except grpc.aio.AioRpcError as err:
-                if err.code() not in RETRYABLE:
-                    raise
-                last = err
-                if attempt < self.retries:
-                    await self._backoff(attempt)
-        raise self._gave_up(method, last) from last
+        replies = self._calls(method, request, request_id, timeout_s)
+        try:
+            return await anext(replies)
+        finally:
+            await replies.aclose()
 
     # ------------------------------------------------------------ API
 
@@ -137,34 +184,16 @@ class TeacherClient:
         model: str = "",
         request_id: str | None = None,
         timeout_s: float | None = None,
-    ) -> AsyncIterator[pb.GenerateResponse]:
+    ) -> AsyncIterator[SampleChunk | SampleResult]:
+        """Chunks of new text as they are generated, and each sample's final result
+        (``SampleResult.index`` says which sample; ``n`` samples interleave)."""
         request = pb.GenerateRequest(
             model=model,
             prompt=convert.prompt_to_pb(prompt),
             sampling=convert.params_to_pb(params or SamplingParams()),
         )
-        metadata = self._call_metadata(request_id)
-        last: grpc.aio.AioRpcError | None = None
-        for attempt in range(self.retries + 1):
-            index = next(self._next) % len(self._stubs)
-            call = self._stubs[index].Generate(
-                request, timeout=timeout_s or self.timeout_s, metadata=metadata
-            )
-            received = False
-            try:
-                async for message in call:
-                    received = True
-                    yield message
-                return
-            except grpc.aio.AioRpcError as err:
-                if received or err.code() not in RETRYABLE:
-                    raise
-                last = err
-                if attempt < self.retries:
-                    await self._backoff(attempt)
-            finally:
-                call.cancel()  # no-op when finished; frees the server slot if we stop early
-        raise self._gave_up("Generate", last) from last
+        async for message in self._calls("Generate", request, request_id, timeout_s, stream=True):
+            yield convert.generate_event_from_pb(message)
 
     async def generate(
         self,
@@ -177,13 +206,11 @@ class TeacherClient:
     ) -> list[SampleResult]:
         """Generate and return the final result of each sample, in index order."""
         finals: dict[int, SampleResult] = {}
-        async for message in self.generate_stream(
+        async for event in self.generate_stream(
             prompt, params, model=model, request_id=request_id, timeout_s=timeout_s
         ):
-            if message.WhichOneof("event") == "final":
-                result = convert.completion_from_pb(message.final)
-                result.index = message.index
-                finals[message.index] = result
+            if isinstance(event, SampleResult):
+                finals[event.index] = event
         return [finals[i] for i in sorted(finals)]
 
     async def generate_batch(
@@ -203,12 +230,7 @@ class TeacherClient:
         response = await self._unary("GenerateBatch", request, request_id, timeout_s)
         out = []
         for result in response.results:
-            samples = []
-            for i, completion in enumerate(result.samples):
-                sample = convert.completion_from_pb(completion)
-                sample.index = i
-                samples.append(sample)
-            out.append(samples)
+            out.append([convert.completion_from_pb(c, i) for i, c in enumerate(result.samples)])
         return out
 
     async def score(
@@ -220,7 +242,9 @@ class TeacherClient:
         return_tokens: bool = False,
         request_id: str | None = None,
         timeout_s: float | None = None,
-    ) -> list[pb.ScoreResult]:
+    ) -> list[ScoreResult]:
+        """Per-token statistics of each completion after its prompt; token ids,
+        logprobs and strings only with ``return_tokens``."""
         pb_items = []
         for item in items:
             prompt, completion = (
@@ -233,7 +257,7 @@ class TeacherClient:
             model=model, items=pb_items, ppl_threshold=ppl_threshold, return_tokens=return_tokens
         )
         response = await self._unary("Score", request, request_id, timeout_s)
-        return list(response.results)
+        return [convert.score_result_from_pb(r) for r in response.results]
 
     async def distill(
         self,
@@ -250,17 +274,19 @@ class TeacherClient:
 
     async def tokenize(
         self, prompt: PromptInput, *, model: str = "", return_tokens: bool = False
-    ) -> pb.TokenizeResponse:
+    ) -> TokenizeResult:
         request = pb.TokenizeRequest(
             model=model, prompt=convert.prompt_to_pb(prompt), return_tokens=return_tokens
         )
-        return await self._unary("Tokenize", request)
+        return convert.tokenize_from_pb(await self._unary("Tokenize", request))
 
-    async def list_models(self) -> list[pb.ModelInfo]:
-        return list((await self._unary("ListModels", pb.ListModelsRequest())).models)
+    async def list_models(self) -> list[ServedModelInfo]:
+        response = await self._unary("ListModels", pb.ListModelsRequest())
+        return [convert.model_info_from_pb(m) for m in response.models]
 
-    async def get_load(self, model: str = "") -> list[pb.ModelLoad]:
-        return list((await self._unary("GetLoad", pb.GetLoadRequest(model=model))).models)
+    async def get_load(self, model: str = "") -> list[ModelLoad]:
+        response = await self._unary("GetLoad", pb.GetLoadRequest(model=model))
+        return [convert.model_load_from_pb(m) for m in response.models]
 
     async def wait_ready(self, timeout_s: float = 600.0, service: str = "") -> None:
         """Wait until every address reports SERVING on the health service."""

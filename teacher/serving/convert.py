@@ -7,6 +7,11 @@ mode registry), records (whose candidates keep their on-disk key names).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+from google.protobuf.message import Message
+
 from teacher.api import teacher_pb2 as pb
 from teacher.core.records import CANDIDATE_KEYS, Candidate, Record
 from teacher.core.tasks import Example
@@ -16,13 +21,39 @@ from teacher.serving.errors import InvalidArgument
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.service import (
     LogprobEntry,
+    ModelLoad,
     Provenance,
     SampleChunk,
     SampleResult,
     ScoreItem,
     ScoreResult,
+    ServedModelInfo,
+    TokenizeResult,
 )
 from teacher.serving.tokenization import PromptInput
+
+
+def _to_shared(value: Any, message: type[Message], **given: Any) -> Message:
+    """``message`` built from the dataclass ``value``'s fields of the same names, so the
+    copy is written once and a field added to both sides travels without an edit;
+    ``given`` supplies or overrides the rest."""
+    names = message.DESCRIPTOR.fields_by_name
+    shared = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)
+              if f.name in names and f.name not in given}
+    return message(**shared, **given)
+
+
+def _from_shared(message: Message, cls: type, **given: Any) -> Any:
+    """``cls`` built from ``message``'s fields of the same names (repeated fields as
+    tuples); ``given`` supplies or overrides the rest."""
+    names = message.DESCRIPTOR.fields_by_name
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in names and f.name not in given:
+            value = getattr(message, f.name)
+            values[f.name] = tuple(value) if names[f.name].is_repeated else value
+    return cls(**values, **given)
+
 
 STOP_REASON_TO_PB = {
     "max_tokens": pb.STOP_REASON_MAX_TOKENS,
@@ -136,51 +167,78 @@ def score_result_to_pb(r: ScoreResult, return_tokens: bool) -> pb.ScoreResult:
             pb.TokenScore(token_id=t, logprob=lp, token=s)
             for t, lp, s in zip(r.token_ids, r.logprobs, r.tokens, strict=True)
         ]
-    return pb.ScoreResult(
-        tokens=tokens,
-        nll_sum=r.nll_sum,
-        num_tokens=r.num_tokens,
-        mean_nll=r.mean_nll,
-        perplexity=r.perplexity,
-        frac_above_threshold=r.frac_above_threshold,
-        prompt_tokens=r.prompt_tokens,
-    )
+    return _to_shared(r, pb.ScoreResult, tokens=tokens)
 
 
 def model_info_to_pb(info: ModelInfo, is_default: bool) -> pb.ModelInfo:
-    return pb.ModelInfo(
-        name=info.name,
-        source=info.source,
-        revision=info.revision,
-        engine=info.engine,
-        engine_version=info.engine_version,
-        context_length=info.context_length,
-        vocab_size=info.vocab_size,
-        eos_token_ids=info.eos_token_ids,
-        dtype=info.dtype,
-        device=info.device,
-        is_default=is_default,
-    )
+    return _to_shared(info, pb.ModelInfo, is_default=is_default)
 
 
 # ---------------------------------------------------------------- client side
 
 
-def completion_from_pb(c: pb.Completion) -> SampleResult:
+def logprobs_from_pb(entries) -> list[LogprobEntry]:
+    return [
+        LogprobEntry(
+            e.token_id, e.logprob, e.token, tuple((t.token_id, t.logprob, t.token) for t in e.top)
+        )
+        for e in entries
+    ]
+
+
+def provenance_from_pb(p: pb.Provenance) -> Provenance:
+    return Provenance(p.model, p.revision, p.engine, p.engine_version, p.seed, p.request_id)
+
+
+def generate_event_from_pb(message: pb.GenerateResponse) -> SampleChunk | SampleResult:
+    """One streamed message: a chunk, or a sample's final result (with its provenance)."""
+    if message.WhichOneof("event") == "final":
+        result = completion_from_pb(message.final, message.index)
+        if message.HasField("provenance"):
+            result.provenance = provenance_from_pb(message.provenance)
+        return result
+    chunk = message.chunk
+    return SampleChunk(
+        message.index, chunk.text, tuple(chunk.token_ids), tuple(logprobs_from_pb(chunk.logprobs))
+    )
+
+
+def score_result_from_pb(r: pb.ScoreResult) -> ScoreResult:
+    """Token ids, logprobs and strings are on the wire only when ``return_tokens`` was
+    asked for; otherwise they are empty."""
+    return _from_shared(
+        r,
+        ScoreResult,
+        token_ids=tuple(t.token_id for t in r.tokens),
+        logprobs=tuple(t.logprob for t in r.tokens),
+        tokens=tuple(t.token for t in r.tokens),
+    )
+
+
+def tokenize_from_pb(r: pb.TokenizeResponse) -> TokenizeResult:
+    return TokenizeResult(
+        token_ids=tuple(r.token_ids),
+        count=r.count,
+        tokens=tuple(r.tokens),
+        provenance=provenance_from_pb(r.provenance) if r.HasField("provenance") else None,
+    )
+
+
+def model_info_from_pb(m: pb.ModelInfo) -> ServedModelInfo:
+    return _from_shared(m, ServedModelInfo)
+
+
+def model_load_from_pb(m: pb.ModelLoad) -> ModelLoad:
+    return ModelLoad(m.model, m.running, m.waiting, m.max_queue)
+
+
+def completion_from_pb(c: pb.Completion, index: int = 0) -> SampleResult:
     return SampleResult(
-        index=0,
+        index=index,
         stop_reason=STOP_REASON_FROM_PB.get(c.stop_reason, "error"),
         text=c.text,
         token_ids=list(c.token_ids),
-        logprobs=[
-            LogprobEntry(
-                e.token_id,
-                e.logprob,
-                e.token,
-                tuple((t.token_id, t.logprob, t.token) for t in e.top),
-            )
-            for e in c.logprobs
-        ],
+        logprobs=logprobs_from_pb(c.logprobs),
         stop_sequence=c.stop_sequence,
         prompt_tokens=c.usage.prompt_tokens,
         completion_tokens=c.usage.completion_tokens,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, runtime_checkable
 
 from teacher.serving.sampling import SamplingParams
@@ -83,18 +83,36 @@ class ScoreInput:
     completion_ids: Sequence[int]
 
 
-@dataclass
-class EngineConfig:
-    """Settings shared by every engine; engine-specific extras go in ``options``."""
+# The batch-size knob of each engine: EngineSettings.max_batch_size is passed as it.
+BATCH_SIZE_OPTION = {"hf": "max_batch_size", "vllm": "max_num_seqs"}
 
-    model: str  # a prepared local directory (see teacher.core.models.resolve)
-    name: str = ""
+
+@dataclass
+class EngineSettings:
+    """How models are served: the one engine-settings type (the server's flags, an eval
+    suite's ``engine`` section, an in-process teacher's settings).
+
+    ``name`` picks the engine ("" = :func:`default_engine`); ``options`` are that
+    engine's own settings (see its module). ``max_batch_size`` (None = the engine's
+    default) is given to each engine under its own option name by :meth:`resolved`.
+    """
+
+    name: str = ""  # "hf" or "vllm"; "" = vllm where installed, else hf
     dtype: str = "auto"  # "auto": bf16 on CUDA, fp32 on CPU
     device: str = "auto"
     max_model_len: int = 2048
     seed: int = 0
-    revision: str = ""
+    max_batch_size: int | None = None
     options: dict = field(default_factory=dict)
+
+    def resolved(self) -> EngineSettings:
+        """The engine named, and ``max_batch_size`` moved into ``options`` under the
+        engine's name for it (an explicit option of that name wins)."""
+        name = self.name or default_engine()
+        options = dict(self.options)
+        if self.max_batch_size is not None and name in BATCH_SIZE_OPTION:
+            options = {BATCH_SIZE_OPTION[name]: self.max_batch_size, **options}
+        return replace(self, name=name, max_batch_size=None, options=options)
 
 
 @runtime_checkable
@@ -142,10 +160,14 @@ def default_engine() -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
 
 
-def load_engine(engine: str, config: EngineConfig) -> Engine:
-    """Instantiate an engine by name, importing only that engine's module."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {available_engines()}")
-    module_name, class_name = ENGINES[engine].split(":")
+def load_engine(settings: EngineSettings, model: str, name: str = "", revision: str = "") -> Engine:
+    """The engine ``settings`` name for ``model`` (a prepared local directory, see
+    ``teacher.core.models.resolve``), served as ``name``; imports only that engine."""
+    settings = settings.resolved()
+    if settings.name not in ENGINES:
+        raise ValueError(
+            f"unknown engine {settings.name!r}; choose one of {available_engines()}"
+        )
+    module_name, class_name = ENGINES[settings.name].split(":")
     module = importlib.import_module(module_name)
-    return getattr(module, class_name)(config)
+    return getattr(module, class_name)(settings, model, name=name, revision=revision)

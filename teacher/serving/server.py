@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import logging
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from teacher.api import teacher_pb2 as pb
 from teacher.api import teacher_pb2_grpc as pb_grpc
-from teacher.serving.engine import EngineConfig, default_engine, load_engine
+from teacher.serving.engine import EngineSettings, load_engine
 from teacher.serving.errors import clip
 from teacher.serving.service import Limits, ModelHost, TeacherService
 from teacher.serving.servicer import TeacherServicer
@@ -48,13 +49,9 @@ class ModelSpec:
 @dataclass
 class ServerConfig:
     models: list[ModelSpec]
-    engine: str = field(default_factory=default_engine)
+    engine: EngineSettings = field(default_factory=EngineSettings)
     host: str = "127.0.0.1"  # loopback; other addresses need token_file or insecure
     port: int = 50051  # 0 picks a free port
-    dtype: str = "auto"
-    max_model_len: int = 2048
-    seed: int = 0
-    engine_options: dict = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -238,26 +235,21 @@ def _denying_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return grpc.stream_stream_rpc_method_handler(deny_stream, **kwargs)
 
 
-def build_service(config: ServerConfig) -> TeacherService:
-    """Engines for every model (not started yet)."""
-    from teacher.core import models
+def build_service(
+    models: Sequence[ModelSpec], engine: EngineSettings, limits: Limits | None = None
+) -> TeacherService:
+    """The one builder of a TeacherService: an engine per model (not started yet),
+    each model resolved through the catalogue (a local directory is used as it is)."""
+    from teacher.core import models as catalogue
 
+    limits = limits or Limits()
+    settings = engine.resolved()
     hosts = []
-    for spec in config.models:
-        path = models.resolve(spec.source)
-        engine_config = EngineConfig(
-            model=str(path),
-            name=spec.name,
-            dtype=config.dtype,
-            max_model_len=config.max_model_len,
-            seed=config.seed,
-            revision=models.revision_of(path),
-            options=dict(config.engine_options),
-        )
-        engine = load_engine(config.engine, engine_config)
-        limits = config.limits
-        hosts.append(ModelHost(spec.name, engine, limits.max_queue, limits.max_queue_tokens))
-    return TeacherService(hosts, config.limits)
+    for spec in models:
+        path = catalogue.resolve(spec.source)
+        engine_ = load_engine(settings, str(path), spec.name, catalogue.revision_of(path))
+        hosts.append(ModelHost(spec.name, engine_, limits.max_queue, limits.max_queue_tokens))
+    return TeacherService(hosts, limits)
 
 
 class TeacherServer:
@@ -372,13 +364,13 @@ class TeacherServer:
 async def serve(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT (0) or an engine failure (1)."""
     check_exposure(config)  # before any model is resolved or loaded
-    service = build_service(config)
+    service = build_service(config.models, config.engine, config.limits)
     server = TeacherServer(service, config)
     server.install_signal_handlers()
     await server.start()
     print(
         f"distill-teacher serving {list(service.hosts)} on port {server.port} "
-        f"(engine {config.engine})",
+        f"(engine {config.engine.resolved().name})",
         flush=True,
     )
     return await server.run()

@@ -122,6 +122,30 @@ class ScoreResult:
     prompt_tokens: int
 
 
+@dataclass(frozen=True)
+class TokenizeResult:
+    token_ids: tuple[int, ...]
+    count: int
+    tokens: tuple[str, ...] = ()  # when asked for
+    provenance: Provenance | None = None
+
+
+@dataclass(frozen=True)
+class ServedModelInfo(ModelInfo):
+    """A served model as listed to clients: its engine's description, and whether
+    requests naming no model go to it."""
+
+    is_default: bool = False
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    model: str
+    running: int  # admitted sequences (and score items) the engine is working on
+    waiting: int  # admitted sequences not yet started by the engine
+    max_queue: int
+
+
 def summarize_logprobs(
     logprobs: Sequence[float], ppl_threshold: float = 0.0
 ) -> tuple[float, float, float, float]:
@@ -677,6 +701,11 @@ class TeacherService:
         return results, host
 
     # ------------------------------------------------------------ text and token access
+
+    def render_prompt(self, model: str, messages: Sequence[dict[str, str]]) -> str:
+        """Chat messages as ``model`` reads them (its chat template, ending at the
+        generation prompt), for callers that continue a prompt as raw text."""
+        return self.host(model).engine.tokenizer.chat_text(messages)
 
     def tokenizer(self, model: str) -> PromptTokenizer:
         """The tokenizer every prompt and completion of ``model`` goes through, for

@@ -55,13 +55,25 @@ class PromptTokenizer:
     def encode_prompt(self, prompt: PromptInput) -> list[int]:
         if isinstance(prompt, str):
             return list(self.hf(prompt, add_special_tokens=True)["input_ids"])
+        # The template already holds any BOS; do not add another.
+        return list(self.hf(self.chat_text(prompt), add_special_tokens=False)["input_ids"])
+
+    def chat_text(self, messages: Sequence[ChatMessage]) -> str:
+        """Chat messages as the model reads them: the chat template, ending at the
+        generation prompt (what ``encode_prompt`` encodes for a chat)."""
         if self.hf.chat_template is None:
             raise ValueError("this model has no chat template; send raw text")
-        text = self.hf.apply_chat_template(
-            [dict(m) for m in prompt], tokenize=False, add_generation_prompt=True
+        return self.hf.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
         )
-        # The template already holds any BOS; do not add another.
-        return list(self.hf(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.hf.bos_token_id
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.hf.eos_token_id
 
     def encode_completion(self, text: str) -> list[int]:
         return list(self.hf(text, add_special_tokens=False)["input_ids"])

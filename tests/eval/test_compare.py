@@ -87,9 +87,16 @@ def test_compare_table_flags_saturation_and_plots(arms, tmp_path):
     # Best in bold: the largest gain (12.0) and the smallest forgetting (teacher-150).
     main_table = md.split("\n\n")[2]
     row = {line.split("|")[1].strip(): line for line in main_table.splitlines()}
-    assert "**12.0**" in row["rewrite-lr"] and "**12.0**" not in row["teacher-100"]
-    assert "**0.38**" in row["teacher-150"]  # overall forgetting 0.5 * 0.75
+    # No items.jsonl: no paired arm-vs-arm differences, so nothing is bold (a best by
+    # point estimate alone is not a finding), and the report says why.
+    assert "**" not in main_table
+    assert "No per-item scores (items.jsonl)" in md
     assert "9.0 [7.0, 11.0]" in row["teacher-150"]  # value with its interval
+    # Accuracy (%) with its exact interval from k/n; 0.25 x 50 = 12.5 is no k/n: kept.
+    assert "28.0 [16.2, 42.5]" in row["teacher-100"]  # 14/50, Clopper-Pearson
+    assert "25.0 [20.0, 30.0]" in row["ground-truth"]  # 12.5/50: the recorded interval
+    # Each forgetting axis in its own unit; no "overall" mean of points and percents.
+    assert "forgetting overall" not in md and "forgetting bbh" in md
     # Arms differing in more than data are flagged, naming the setting.
     flagged = {f["arm"]: {d["setting"] for d in f["differs"]} for f in report["fairness_flags"]}
     assert flagged == {"teacher-150": {"num_train_examples"},
@@ -179,3 +186,126 @@ def test_seed_spread_groups_runs_of_one_arm():
     assert row["accuracy"]["mean"] == pytest.approx(0.3)
     assert row["accuracy"]["sd"] == pytest.approx(0.1)
     assert (row["target_gain"]["min"], row["target_gain"]["max"]) == (10.0, 30.0)
+
+
+# ----------------------------------------------------------------------------- from items
+
+SUITE = {"metrics": ["gsm8k", "bbh", "wikitext", "memorization"],
+         "gsm8k": {"limit": 40}, "bbh": {"subtasks": ["boolean_expressions"], "limit": 60},
+         "wikitext": {"limit": 30}, "memorization": {"n": 30, "settings": ["question"]},
+         "confidence": 0.95, "bootstrap_resamples": 300, "seed": 0}
+
+
+def itemized_arm(root: Path, name: str, *, kind: str, seed: int, bbh_kept: int,
+                 bpb_shift: float, memorized: int) -> Path:
+    """A run whose eval recorded items.jsonl: base and tuned rows of every metric.
+    bbh: the tuned model keeps ``bbh_kept`` of the base's 50 right answers (of 60);
+    wikitext: every document's log-likelihood moves by ``bpb_shift`` bits per byte;
+    memorization: ``memorized`` of 30 trained responses reproduced, 2 of 30 controls."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    run = record_arm(root, name, gain=0.0, n_train=30, kind=kind,
+                     mode=None if kind == "ground_truth" else "trace")
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "seed": seed}))
+    out = run / "eval" / "quick"
+    results = json.loads((out / "results.json").read_text())
+    results["suite"]["config"] = SUITE
+    results["summary"]["forgetting"] = {  # the runner's paired-bootstrap lines
+        "bbh": {"unit": "accuracy points lost", **est(100 * (50 - bbh_kept) / 60)},
+        "wikitext": {"unit": "% more bits per byte", **est(100 * bpb_shift / 0.9)}}
+    (out / "results.json").write_text(json.dumps(results))
+    rows = []
+    for i in range(40):  # gsm8k: base 10/40; tuned the same plus noise
+        b = float(i < 10)
+        rows += [{"metric": "gsm8k", "subject": "base", "id": f"g{i}", "strict_match": b,
+                  "flexible_extract": b},
+                 {"metric": "gsm8k", "subject": "model", "id": f"g{i}",
+                  "strict_match": float(rng.random() < 0.3), "flexible_extract": b}]
+    for i in range(60):
+        b = float(i < 50)
+        rows += [{"metric": "bbh", "subject": "base", "id": f"b{i}",
+                  "subtask": "boolean_expressions", "exact_match": b},
+                 {"metric": "bbh", "subject": "model", "id": f"b{i}",
+                  "subtask": "boolean_expressions", "exact_match": float(i < bbh_kept)}]
+    for i in range(30):
+        nbytes = 2000 + 10 * i
+        ll = -nbytes * 0.9 * np.log(2) * (1 + 0.1 * rng.standard_normal())
+        shift = -bpb_shift * nbytes * np.log(2) * (1 + 0.05 * rng.standard_normal())
+        for subject, value in (("base", ll), ("model", ll + shift)):
+            rows.append({"metric": "wikitext", "subject": subject, "id": f"w{i}",
+                         "loglikelihood": value, "bytes": nbytes, "words": nbytes // 6,
+                         "tokens": nbytes // 4})
+    for split, hits in (("train", memorized), ("control", 2)):
+        for i in range(30):
+            for subject, hit in (("base", i < 1), ("model", i < hits)):
+                rows.append({"metric": "memorization", "subject": subject, "id": f"{split}{i}",
+                             "setting": "question", "split": split, "exact_match": float(hit),
+                             "rouge_l_above": float(hit), "rouge_l": float(hit), "lcs_run": 1.0})
+    (out / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_compare_pairs_arms_with_ground_truth_from_items(tmp_path):
+    runs = [
+        itemized_arm(tmp_path, "ground_truth", kind="ground_truth", seed=42, bbh_kept=30,
+                     bpb_shift=0.05, memorized=20),
+        itemized_arm(tmp_path, "trace", kind="teacher", seed=42, bbh_kept=49,
+                     bpb_shift=0.002, memorized=3),
+    ]
+    report = compare(runs, tmp_path / "report")
+    md = report["markdown"]
+    assert report["reference_arm"] == "ground_truth"
+    by = {(c["arm"], c["vs"], c["measure"]): c for c in report["comparisons"]}
+    # bbh: trace kept 49 of the base's right answers, ground truth 30: +19 of 60 items,
+    # 19 discordant pairs all one way: Newcombe interval, exact McNemar.
+    bbh = by[("trace", "ground_truth", "bbh/exact_match")]
+    assert bbh["value"] == pytest.approx(100 * 19 / 60)
+    assert bbh["discordant"] == [19, 0] and bbh["p_value"] == pytest.approx(2 / 2 ** 19)
+    assert bbh["ci"][0] > 0 and bbh["method"].startswith("Newcombe")
+    assert "- trace forgets less than ground_truth: bbh/exact_match 31.7 [" in md
+    # wikitext bits per byte (lower is better): trace's shift 0.048 smaller than ground truth's.
+    wiki = by[("trace", "ground_truth", "wikitext/bits_per_byte")]
+    assert wiki["value"] == pytest.approx(0.002 - 0.05, abs=0.005)
+    assert wiki["ci"][1] < 0 and wiki["mde"] > 0
+    assert "- trace forgets less than ground_truth: wikitext/bits_per_byte −0.04" in md
+    # Memorization DiD vs base: (20 - 1)/30 trained minus (2 - 1)/30 controls = 60 points.
+    gt_mem = by[("ground_truth", "base", "memorization/question/rouge_l_above")]
+    assert gt_mem["value"] == pytest.approx(100 * (19 - 1) / 30)
+    arm_gt = next(a for a in report["arms"] if a["name"] == "ground_truth")
+    assert arm_gt["memorization_did"]
+    assert arm_gt["memorization"]["question"]["rouge_l_above"]["value"] == pytest.approx(60.0)
+    assert "memorization DiD question (pts)" in md
+    assert "- trace memorizes less than ground_truth: memorization DiD question/rouge_l_above" in md
+    # gsm8k: same base, noisy tuned answers: no claim, with the detectable effect.
+    gsm = [line for line in md.splitlines()
+           if line.startswith("- trace vs ground_truth: the data cannot tell on gsm8k")]
+    assert gsm and "could have detected ±" in gsm[0] and "at n=40" in gsm[0]
+    # One seed per arm: the report says the intervals are item variance only.
+    assert "One training seed per arm" in md
+    # Bold only where the difference excludes zero: trace's bbh forgetting, not gain.
+    table = md.split("\n\n")[2]
+    row = {line.split("|")[1].strip(): line for line in table.splitlines()}
+    cells = [c.strip() for c in row["trace"].split("|")]
+    header = [c.strip() for c in table.splitlines()[0].split("|")]
+    assert cells[header.index("forgetting bbh (accuracy points lost)")].startswith("**")
+    assert "**" not in cells[header.index("target gain (pts)")]
+    assert report["pareto_axis"] == "wikitext"
+
+
+def test_compare_pools_seeds_hierarchically(tmp_path):
+    runs = []
+    for seed, (gt_kept, tr_kept) in zip((1, 2, 3), ((30, 48), (35, 45), (28, 49)), strict=True):
+        runs.append(itemized_arm(tmp_path, f"ground_truth-seed{seed}", kind="ground_truth",
+                                 seed=seed, bbh_kept=gt_kept, bpb_shift=0.05, memorized=20))
+        runs.append(itemized_arm(tmp_path, f"trace-seed{seed}", kind="teacher", seed=seed,
+                                 bbh_kept=tr_kept, bpb_shift=0.01, memorized=3))
+    report = compare(runs, tmp_path / "report")
+    by = {(c["arm"], c["vs"], c["measure"]): c for c in report["comparisons"]}
+    bbh = by[("trace", "ground_truth", "bbh/exact_match")]
+    assert bbh["seeds"] == 3 and bbh["method"].startswith("hierarchical")
+    assert bbh["value"] == pytest.approx(100 * (18 + 10 + 21) / 3 / 60)
+    assert [s["seed"] for s in bbh["seed_differences"]] == [1, 2, 3]
+    assert "at n=60 × 3 seeds" in report["markdown"] or bbh["ci"][0] > 0
+    assert "One training seed per arm" not in report["markdown"]

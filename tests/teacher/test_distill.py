@@ -14,13 +14,14 @@ import pytest
 
 from teacher.core.records import SCHEMA, Candidate, Record, read_records
 from teacher.core.tasks import Example, get_task
-from teacher.core.templates import GSM8K_COT_8SHOT, GSM8K_REWRITE, GSM8K_REWRITE_V1, get_template
+from teacher.core.tasks.gsm8k import GSM8K_COT_8SHOT, GSM8K_REWRITE, GSM8K_REWRITE_V1
+from teacher.core.templates import get_template
 from teacher.distill.job import GenerateConfig, run_job
 from teacher.distill.modes import DistillOptions, get_mode, normalize_mode, reasoning_words
 from teacher.distill.modes.rewrite import template_leak
 from teacher.serving import convert
 from teacher.serving.client import TeacherClient
-from teacher.serving.engine import EngineConfig, load_engine
+from teacher.serving.engine import EngineSettings, load_engine
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.server import ServerConfig, TeacherServer
 from teacher.serving.service import ModelHost, TeacherService
@@ -135,10 +136,10 @@ def test_distill_request_round_trip():
 @pytest.fixture(scope="module")
 async def server(test_model_dir):
     """Two named models (generator and scorer) on one real grpc.aio server."""
-    cfg = ServerConfig(models=[], engine="hf", host="127.0.0.1", port=0)
+    cfg = ServerConfig(models=[], host="127.0.0.1", port=0)
+    settings = EngineSettings(name="hf", dtype="float32")
     hosts = [
-        ModelHost(name, load_engine("hf", EngineConfig(model=str(test_model_dir), name=name,
-                                                       dtype="float32", revision="test")), 64)
+        ModelHost(name, load_engine(settings, str(test_model_dir), name, "test"), 64)
         for name in ("teacher", "scorer")
     ]
     srv = TeacherServer(TeacherService(hosts, cfg.limits), cfg)

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from teacher.serving.engine import EngineConfig, EngineRequest, load_engine
+from teacher.serving.engine import EngineRequest, EngineSettings, load_engine
 from teacher.serving.sampling import SamplingParams
 from tests.teacher.helpers import one_sample
 
@@ -17,8 +17,8 @@ QUESTIONS = ["What is the capital of France?", "Name three primary colours.",
 
 @pytest.fixture
 async def engine(test_model_dir):
-    eng = load_engine("hf", EngineConfig(model=str(test_model_dir), name="smol",
-                                         dtype="float32", options={"max_batch_size": 4}))
+    eng = load_engine(EngineSettings(name="hf", dtype="float32", options={"max_batch_size": 4}),
+                      str(test_model_dir), "smol")
     await eng.start()
     yield eng
     await eng.shutdown()

@@ -18,10 +18,10 @@ import pytest_asyncio
 pytest.importorskip("vllm")
 
 from teacher.serving.engine import (
-    EngineConfig,
     EngineLoad,
     EngineOutput,
     EngineRequest,
+    EngineSettings,
     ScoreInput,
     load_engine,
 )
@@ -53,7 +53,7 @@ TOL = 1e-3
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def engine():
-    eng = load_engine("vllm", EngineConfig(model=str(MODEL_DIR), max_model_len=1024, seed=0))
+    eng = load_engine(EngineSettings(name="vllm", max_model_len=1024, seed=0), str(MODEL_DIR))
     assert isinstance(eng, VLLMEngine)
     t0 = time.perf_counter()
     await eng.start()
@@ -345,7 +345,7 @@ async def test_too_long_prompts_are_invalid(engine, prompts):
 
 
 async def test_not_started_is_unavailable():
-    eng = VLLMEngine(EngineConfig(model=str(MODEL_DIR)))
+    eng = VLLMEngine(EngineSettings(name="vllm"), str(MODEL_DIR))
     with pytest.raises(EngineUnavailable):
         eng.info()
     with pytest.raises(EngineUnavailable):

@@ -19,7 +19,7 @@ import pytest
 from teacher.cli import main
 from teacher.core.records import Record, RecordError, iter_records, read_records
 from teacher.core.tasks import get_task
-from teacher.core.templates import GSM8K_REWRITE_V1
+from teacher.core.tasks.gsm8k import GSM8K_REWRITE_V1
 from teacher.distill.dedup import dedup_dir, find_duplicates, template_literals
 from teacher.distill.job import (
     GenerateConfig,
@@ -31,7 +31,7 @@ from teacher.distill.job import (
     repair_torn_tail,
     summarize,
 )
-from teacher.serving.engine import EngineConfig, load_engine
+from teacher.serving.engine import EngineSettings, load_engine
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.server import ServerConfig, TeacherServer
 from teacher.serving.service import ModelHost, TeacherService
@@ -249,9 +249,9 @@ def test_cli_unreachable_teacher(tmp_path, data_dir, capsys):
 
 @pytest.fixture(scope="module")
 async def server(test_model_dir):
-    cfg = ServerConfig(models=[], engine="hf", host="127.0.0.1", port=0)
-    engine = load_engine("hf", EngineConfig(model=str(test_model_dir), name="smol",
-                                            dtype="float32", revision="test"))
+    cfg = ServerConfig(models=[], host="127.0.0.1", port=0)
+    engine = load_engine(EngineSettings(name="hf", dtype="float32"), str(test_model_dir), "smol",
+                         "test")
     srv = TeacherServer(TeacherService([ModelHost("smol", engine, 64)], cfg.limits), cfg)
     await srv.start()
     yield srv

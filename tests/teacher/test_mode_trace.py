@@ -20,7 +20,7 @@ async def test_trace_may_choose_an_incorrect_rationale_when_asked():
 
 
 async def test_trace_defaults_to_the_few_shot_template():
-    from teacher.core.templates import GSM8K_COT_8SHOT
+    from teacher.core.tasks.gsm8k import GSM8K_COT_8SHOT
     from teacher.distill.modes import get_mode
 
     assert get_mode("trace").templates["gsm8k"] is GSM8K_COT_8SHOT

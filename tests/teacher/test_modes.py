@@ -9,6 +9,7 @@ import pytest
 
 from teacher.api import teacher_pb2 as pb
 from teacher.cli import build_parser
+from teacher.core import records
 from teacher.core.records import Record
 from teacher.core.tasks import Example
 from teacher.distill.job import GenerateConfig
@@ -55,6 +56,15 @@ def test_the_registry_names_every_mode_once():
         mode = get_mode(name.replace("_", "-"))
         assert mode.name == name and set(mode.templates) == {"gsm8k", "bbh"}
         assert mode.default_num_candidates == 1 or mode.default_temperature > 0
+
+
+def test_the_wire_enum_the_registry_and_records_agree():
+    # teacher.core must not import teacher.distill, so records.MODES spells the modes
+    # out (plus "ground_truth", a record of the reference itself); this keeps them equal.
+    wire = [v.name.removeprefix("DISTILL_MODE_").lower()
+            for v in sorted(pb.DistillMode.DESCRIPTOR.values, key=lambda v: v.number) if v.number]
+    assert tuple(wire) == mode_names()
+    assert (*mode_names(), "ground_truth") == records.MODES
 
 
 def test_the_cli_and_the_job_take_modes_from_the_registry(tmp_path):

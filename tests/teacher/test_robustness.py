@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from teacher.api import teacher_pb2 as pb
 from teacher.api import teacher_pb2_grpc as pb_grpc
 from teacher.serving.client import TeacherClient, TeacherUnavailableError
-from teacher.serving.engine import EngineConfig, load_engine
+from teacher.serving.engine import EngineSettings, load_engine
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.server import ServerConfig, TeacherServer
 from teacher.serving.service import Limits, ModelHost, TeacherService
@@ -34,10 +34,10 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 async def start(model_dir, engine: str = "hf", options: dict | None = None,
                 max_queue: int = 256, max_queue_tokens: int = 0, **config) -> TeacherServer:
     limits = Limits(max_queue=max_queue)
-    cfg = ServerConfig(models=[], engine=engine, port=0, limits=limits, **config)
-    engine_cfg = EngineConfig(model=str(model_dir), name="tiny", dtype="float32",
-                              max_model_len=1024, options=options or {})
-    host = ModelHost("tiny", load_engine(engine, engine_cfg), max_queue)
+    settings = EngineSettings(name=engine, dtype="float32", max_model_len=1024,
+                              options=options or {})
+    cfg = ServerConfig(models=[], engine=settings, port=0, limits=limits, **config)
+    host = ModelHost("tiny", load_engine(settings, str(model_dir), "tiny", "test"), max_queue)
     host.max_queue_tokens = max_queue_tokens
     server = TeacherServer(TeacherService([host], limits), cfg)
     await server.start()

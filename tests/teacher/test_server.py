@@ -16,10 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from teacher.api import teacher_pb2 as pb
 from teacher.api import teacher_pb2_grpc as pb_grpc
 from teacher.serving.client import TeacherClient, TeacherUnavailableError
-from teacher.serving.engine import EngineConfig, load_engine
+from teacher.serving.engine import EngineSettings, load_engine
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.server import ServerConfig, TeacherServer
-from teacher.serving.service import ModelHost, TeacherService
+from teacher.serving.service import ModelHost, SampleChunk, SampleResult, TeacherService
 from tests.conftest import ENGINES
 
 pytestmark = pytest.mark.slow
@@ -28,9 +28,10 @@ CHAT = [{"role": "user", "content": "What is the capital of France? Answer in on
 
 
 async def start_server(model_dir, engine: str, *, name: str = "smol", **config) -> TeacherServer:
-    cfg = ServerConfig(models=[], engine=engine, host="127.0.0.1", port=0, **config)
-    engine_cfg = EngineConfig(model=str(model_dir), name=name, dtype="float32", revision="test")
-    host = ModelHost(name, load_engine(engine, engine_cfg), cfg.limits.max_queue)
+    cfg = ServerConfig(models=[], host="127.0.0.1", port=0, **config)
+    settings = EngineSettings(name=engine, dtype="float32")
+    engine_ = load_engine(settings, str(model_dir), name, "test")
+    host = ModelHost(name, engine_, cfg.limits.max_queue)
     server = TeacherServer(TeacherService([host], cfg.limits), cfg)
     await server.start()
     return server
@@ -83,18 +84,19 @@ async def wait_idle(client: TeacherClient, timeout_s: float = 20.0) -> None:
 
 async def test_stream_chunks_add_up_to_final(client):
     chunks, finals = [], []
-    async for message in client.generate_stream(CHAT, SamplingParams(max_new_tokens=24, seed=3)):
-        (chunks if message.WhichOneof("event") == "chunk" else finals).append(message)
+    async for event in client.generate_stream(CHAT, SamplingParams(max_new_tokens=24, seed=3)):
+        (chunks if isinstance(event, SampleChunk) else finals).append(event)
     assert len(finals) == 1 and chunks
-    final = finals[0].final
-    assert "".join(m.chunk.text for m in chunks) == final.text
-    assert [t for m in chunks for t in m.chunk.token_ids] == list(final.token_ids)
-    assert final.usage.completion_tokens == len(final.token_ids) > 0
-    assert final.usage.prompt_tokens > 0
-    assert final.stop_reason in (pb.STOP_REASON_EOS, pb.STOP_REASON_MAX_TOKENS)
-    assert final.timing.time_to_first_token_s > 0
-    assert final.timing.total_s >= final.timing.time_to_first_token_s
-    prov = finals[0].provenance
+    final = finals[0]
+    assert isinstance(final, SampleResult) and final.index == 0
+    assert "".join(c.text for c in chunks) == final.text
+    assert [t for c in chunks for t in c.token_ids] == list(final.token_ids)
+    assert final.completion_tokens == len(final.token_ids) > 0
+    assert final.prompt_tokens > 0
+    assert final.stop_reason in ("eos", "max_tokens")
+    assert final.time_to_first_token_s > 0
+    assert final.total_s >= final.time_to_first_token_s
+    prov = final.provenance
     assert (prov.model, prov.revision, prov.seed) == ("smol", "test", 3)
     assert prov.engine in ("hf", "vllm")
 
@@ -162,7 +164,8 @@ async def test_score_matches_direct_transformers(client, test_model_dir):
         targets = ids[0, len(prompt_ids):]
         expected = logprobs[len(prompt_ids) - 1:].gather(1, targets[:, None])[:, 0]
         assert result.num_tokens == len(completion_ids)
-        assert [t.token_id for t in result.tokens] == completion_ids
+        assert list(result.token_ids) == completion_ids
+        assert len(result.tokens) == len(result.logprobs) == len(completion_ids)
         assert abs(result.mean_nll - float(-expected.mean())) < 1e-3
         assert math.isclose(result.perplexity, math.exp(result.mean_nll), rel_tol=1e-9)
         share = float((torch.exp(-expected) > 2.5).float().mean())
@@ -170,7 +173,7 @@ async def test_score_matches_direct_transformers(client, test_model_dir):
     # Scored again (one pair from the server's score cache, one new): the same numbers.
     again = await client.score([items[1], ("Paris is in", " France.")], ppl_threshold=2.5,
                                return_tokens=True)
-    assert [t.logprob for t in again[0].tokens] == [t.logprob for t in results[1].tokens]
+    assert again[0].logprobs == results[1].logprobs
     assert again[1].num_tokens > 0
 
 
@@ -267,8 +270,8 @@ async def test_full_queue_is_resource_exhausted(server, client):
 async def test_cancel_frees_the_slot(client):
     stream = client.generate_stream("Count: 1, 2,", SamplingParams(
         max_new_tokens=500, min_new_tokens=500))
-    async for message in stream:
-        assert message.WhichOneof("event") == "chunk"
+    async for event in stream:
+        assert isinstance(event, SampleChunk)
         break
     await stream.aclose()  # cancels the RPC
     await wait_idle(client)
@@ -335,8 +338,8 @@ async def health_status(port: int, service: str = "") -> int:
 
 
 async def test_health_transitions_and_drain(test_model_dir):
-    cfg = ServerConfig(models=[], engine="hf", host="127.0.0.1", port=0, drain_timeout_s=30)
-    engine = load_engine("hf", EngineConfig(model=str(test_model_dir), name="smol"))
+    cfg = ServerConfig(models=[], host="127.0.0.1", port=0, drain_timeout_s=30)
+    engine = load_engine(EngineSettings(name="hf"), str(test_model_dir), "smol")
     server = TeacherServer(TeacherService([ModelHost("smol", engine, 8)]), cfg)
     load_task = asyncio.create_task(server.start())
     while server.port == 0:

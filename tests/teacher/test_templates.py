@@ -6,12 +6,8 @@ import re
 
 import pytest
 
-from teacher.core.templates import (
-    GSM8K_COT_8SHOT,
-    GSM8K_COT_ZEROSHOT,
-    get_template,
-    list_templates,
-)
+from teacher.core.tasks.gsm8k import GSM8K_COT_8SHOT, GSM8K_COT_ZEROSHOT
+from teacher.core.templates import get_template, list_templates, register_template
 
 
 def test_templates_registry() -> None:
@@ -34,3 +30,35 @@ def test_templates_registry() -> None:
 
 def test_template_render_keeps_braces() -> None:
     assert GSM8K_COT_8SHOT.render(question="What is {x}?").endswith("Q: What is {x}?\nA:")
+
+
+# Records name their templates by key and digest; a digest that changes means a
+# template was edited in place (make a new version instead).
+SHIPPED_DIGESTS = {
+    "gsm8k-cot-zeroshot@v1": "f87f67cdae477533",
+    "gsm8k-cot-8shot@v1": "7cfd0bbfc6eedf30",
+    "bbh-cot-3shot@v1": "a940cf3fcca455e5",
+    "bbh-cot-zeroshot@v1": "2187a15167428923",
+    "gsm8k-sdft-rewrite@v1": "81d4a6322b49a921",
+    "gsm8k-sdft-rewrite@v2": "03950c847692d99d",
+    "bbh-sdft-rewrite@v1": "42af956aeaaf4621",
+}
+
+
+def test_shipped_templates_keep_their_digests() -> None:
+    assert {key: get_template(key).digest for key in SHIPPED_DIGESTS} == SHIPPED_DIGESTS
+
+
+def test_task_modules_register_their_templates() -> None:
+    # A task's prompt formats live in its module and register themselves: no list to edit.
+    from teacher.core.tasks import get_task, list_tasks
+
+    for name in list_tasks():
+        for tpl in get_task(name).templates():
+            assert get_template(tpl.key) is tpl
+            assert tpl.task == get_task(name).family
+
+
+def test_a_template_key_registers_once() -> None:
+    with pytest.raises(ValueError, match="registered twice"):
+        register_template(GSM8K_COT_8SHOT)

@@ -1,9 +1,11 @@
 """BIG-Bench-Hard: lm-eval ``bbh_cot_fewshot_<subtask>`` for each of the 27 subtasks.
 
-Owns the subtask list, BBH's lm-eval filter settings (the fewshot "get-answer" and
-the per-subtask cot_zeroshot "flexible-extract"), its exact_match settings, reading
-the CoT exemplar files, and :class:`BbhTask` (registered as ``"bbh/<subtask>"``).
-Local data: ``bbh/<subtask>.json`` and ``bbh/cot-prompts/<subtask>.txt``.
+Owns the subtask list, BBH's prompt templates (lm-eval's 3-shot CoT, the zero-shot chat
+prompt and the SDFT rewrite prompt), BBH's lm-eval filter settings (the fewshot
+"get-answer" and the per-subtask cot_zeroshot "flexible-extract"), its exact_match
+settings, reading the CoT exemplar files, and :class:`BbhTask` (registered as
+``"bbh/<subtask>"``). Local data: ``bbh/<subtask>.json`` and
+``bbh/cot-prompts/<subtask>.txt``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,64 @@ from teacher.core.tasks.filters import (
     word_sort_filter,
 )
 from teacher.core.tasks.registry import register_task
-from teacher.core.templates import BBH_COT_3SHOT, BBH_COT_ZEROSHOT, Template
+from teacher.core.templates import SDFT_HEAD, Template, register_template
+
+# ---------------------------------------------------------------- prompt templates
+
+# lm-eval's bbh_cot_fewshot_<subtask> (lm_eval/tasks/bbh/cot_fewshot/): the
+# description plus 3 exemplars, each "Q: {input}\nA: Let's think step by step.\n"
+# + rationale, joined by "\n\n". `prefix` is the subtask's cot-prompts/<subtask>.txt
+# from BIG-Bench-Hard (after its canary and "-----" lines), which is that same
+# text; until ["</s>", "Q", "\n\n"], max_gen_toks 1024
+# (lm_eval/tasks/bbh/cot_fewshot/_cot_fewshot_template_yaml).
+BBH_COT_3SHOT = register_template(Template(
+    id="bbh-cot-3shot",
+    version=1,
+    task="bbh",
+    kind="completion",
+    text="{prefix}\n\nQ: {input}\nA: Let's think step by step.\n",
+    fields=("prefix", "input"),
+    stop=("</s>", "Q", "\n\n"),
+    max_new_tokens=1024,
+    num_fewshot=3,
+    source="lm_eval/tasks/bbh/cot_fewshot/_cot_fewshot_template_yaml",
+))
+
+# Zero-shot chat prompt for instruct teachers. It asks for the exemplars'
+# closing sentence, "So the answer is X.", which lm-eval's bbh cot_fewshot
+# "get-answer" regex reads.
+BBH_COT_ZEROSHOT = register_template(Template(
+    id="bbh-cot-zeroshot",
+    version=1,
+    task="bbh",
+    kind="chat",
+    text=(
+        "{input}\n\n"
+        "Think step by step. End your response with a final sentence of the form "
+        '"So the answer is <answer>." where <answer> is written exactly as the question '
+        "asks for it (for a multiple-choice question, the option label, e.g. (A))."
+    ),
+    fields=("input",),
+    max_new_tokens=1024,
+    source="distill",
+))
+# Distillation prompt (teacher.distill.modes.rewrite).
+BBH_REWRITE = register_template(Template(
+    id="bbh-sdft-rewrite",
+    version=1,
+    task="bbh",
+    kind="chat",
+    text=(
+        SDFT_HEAD + " Think step by step and end with a final sentence of the form "
+        '"So the answer is <answer>."\n'
+        "### Instruction:\n{question}\n### Reference Answer:\n{reference}\n### Response:\n"
+    ),
+    fields=("question", "reference"),
+    max_new_tokens=512,
+    source="distill (SDFT, Yang et al. 2024)",
+))
+
+# ---------------------------------------------------------------- the task
 
 # lm_eval/tasks/bbh/cot_fewshot/_cot_fewshot_template_yaml (0.4.13 moved off lukaemon/bbh;
 # same "input"/"target" columns, one "test" split per subtask config).

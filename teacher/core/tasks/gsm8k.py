@@ -1,8 +1,10 @@
 """GSM8K (``openai/gsm8k`` "main"): lm-eval tasks ``gsm8k`` and ``gsm8k_cot``.
 
-Owns GSM8K's lm-eval filter regexes and exact_match settings, the reference answer's
-final-answer rule, and :class:`Gsm8kTask` (registered as ``"gsm8k"``). Local data:
-``gsm8k/{train,test}.jsonl`` with string fields ``question`` and ``answer``.
+Owns GSM8K's prompt templates (lm-eval's 8-shot CoT, the zero-shot chat prompt and the
+SDFT rewrite prompts), its lm-eval filter regexes and exact_match settings, the
+reference answer's final-answer rule, and :class:`Gsm8kTask` (registered as
+``"gsm8k"``). Local data: ``gsm8k/{train,test}.jsonl`` with string fields ``question``
+and ``answer``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,140 @@ from teacher.core.tasks.base import Example, Task, none_if_invalid
 from teacher.core.tasks.data import load_hub, load_jsonl
 from teacher.core.tasks.filters import normalize_number, regex_filter
 from teacher.core.tasks.registry import register_task
-from teacher.core.templates import GSM8K_COT_8SHOT, GSM8K_COT_ZEROSHOT
+from teacher.core.templates import SDFT_HEAD, Template, escape, register_template
+
+# ---------------------------------------------------------------- prompt templates
+
+# lm-eval 0.4.13 lm_eval/tasks/gsm8k/gsm8k-cot.yaml, fewshot_config.samples: the
+# 8 chain-of-thought exemplars of Wei et al. (2022), as (question, target).
+GSM8K_COT_EXEMPLARS: tuple[tuple[str, str], ...] = (
+    (
+        "There are 15 trees in the grove. Grove workers will plant trees in the grove today. "
+        "After they are done, there will be 21 trees. How many trees did the grove workers "
+        "plant today?",
+        "There are 15 trees originally. Then there were 21 trees after some more were planted. "
+        "So there must have been 21 - 15 = 6. The answer is 6.",
+    ),
+    (
+        "If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in "
+        "the parking lot?",
+        "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5.",
+    ),
+    (
+        "Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they "
+        "have left in total?",
+        "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = "
+        "74. After eating 35, they had 74 - 35 = 39. The answer is 39.",
+    ),
+    (
+        "Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. How "
+        "many lollipops did Jason give to Denny?",
+        "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave "
+        "Denny 20 - 12 = 8. The answer is 8.",
+    ),
+    (
+        "Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How "
+        "many toys does he have now?",
+        "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 "
+        "more toys. 5 + 4 = 9. The answer is 9.",
+    ),
+    (
+        "There were nine computers in the server room. Five more computers were installed each "
+        "day, from monday to thursday. How many computers are now in the server room?",
+        "There were originally 9 computers. For each of 4 days, 5 more computers were added. So "
+        "5 * 4 = 20 computers were added. 9 + 20 is 29. The answer is 29.",
+    ),
+    (
+        "Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 "
+        "more. How many golf balls did he have at the end of wednesday?",
+        "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. "
+        "After losing 2 more, he had 35 - 2 = 33 golf balls. The answer is 33.",
+    ),
+    (
+        "Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
+        "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she "
+        "has 23 - 15 dollars left. 23 - 15 is 8. The answer is 8.",
+    ),
+)
+
+
+# Zero-shot chat prompt for instruct teachers. It asks for GSM8K's own "#### N"
+# final line, so lm-eval's gsm8k "strict-match" regex reads the answer and the
+# response has the same shape as the human references students train on.
+GSM8K_COT_ZEROSHOT = register_template(Template(
+    id="gsm8k-cot-zeroshot",
+    version=1,
+    task="gsm8k",
+    kind="chat",
+    text=(
+        "{question}\n\n"
+        "Solve the problem step by step. Then write the final answer on its own last line "
+        'in the form "#### <number>", using only digits (no units, no commas).'
+    ),
+    fields=("question",),
+    max_new_tokens=512,
+    source="distill",
+))
+
+# lm-eval's gsm8k_cot (lm_eval/tasks/gsm8k/gsm8k-cot.yaml): doc_to_text
+# "Q: {{question}}\nA:", target_delimiter " ", fewshot_delimiter "\n\n", the 8
+# fixed exemplars (sampler first_n), no description; until ["Q:", "</s>",
+# "<|im_end|>"]; max_gen_toks defaults to 256 (lm_eval/models/huggingface.py).
+GSM8K_COT_8SHOT = register_template(Template(
+    id="gsm8k-cot-8shot",
+    version=1,
+    task="gsm8k",
+    kind="completion",
+    text="".join(f"Q: {escape(q)}\nA: {escape(a)}\n\n" for q, a in GSM8K_COT_EXEMPLARS)
+    + "Q: {question}\nA:",
+    fields=("question",),
+    stop=("Q:", "</s>", "<|im_end|>"),
+    max_new_tokens=256,
+    num_fewshot=8,
+    source="lm_eval/tasks/gsm8k/gsm8k-cot.yaml",
+))
+
+# Distillation prompts (teacher.distill.modes): the teacher generates training data
+# with them; the student trains on the zero-shot prompt -> the chosen response.
+GSM8K_REWRITE_V1 = register_template(Template(
+    id="gsm8k-sdft-rewrite",
+    version=1,
+    task="gsm8k",
+    kind="chat",
+    text=(
+        SDFT_HEAD + " Reason step by step and end with the final answer on its own last "
+        'line in the form "#### <number>".\n'
+        "### Instruction:\n{question}\n### Reference Answer:\n{reference}\n### Response:\n"
+    ),
+    fields=("question", "reference"),
+    max_new_tokens=384,
+    source="distill (SDFT, Yang et al. 2024)",
+))
+# Version 2: small instruct models (Qwen2.5-Coder-0.5B) answer v1 with a bare
+# "#### N", which has no reasoning and is rejected; given the reference as a
+# private system note (ending in prose, not "#### N") and the question as the
+# task's own zero-shot prompt, they write a step-by-step solution in their own
+# style (and the answer check still rejects the ones that stray from the
+# reference's result).
+GSM8K_REWRITE = register_template(Template(
+    id="gsm8k-sdft-rewrite",
+    version=2,
+    task="gsm8k",
+    kind="chat",
+    system=(
+        "Reference solution (for you only; the user does not see it):\n{reference}\n\n"
+        "Using the reference solution as a guide, write your own response to the user."
+    ),
+    text=GSM8K_COT_ZEROSHOT.text,
+    fields=("question", "reference"),
+    max_new_tokens=384,
+    # Shown "#### N", the model copies that line first and reasons after it.
+    reference_answer_line="The final answer is {answer}.",
+    source="distill (SDFT, Yang et al. 2024; reference as a system note)",
+))
+
+
+# ---------------------------------------------------------------- the task
 
 # The hub dataset lm-eval 0.4.13 reads (dataset_path / dataset_name in its YAML).
 GSM8K_HUB_ID, GSM8K_HUB_CONFIG = "openai/gsm8k", "main"  # lm_eval/tasks/gsm8k/gsm8k.yaml

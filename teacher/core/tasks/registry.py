@@ -10,10 +10,10 @@ Tasks are built on first lookup and then shared, one instance per name.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import TypeVar
 
+from teacher.core.config import did_you_mean, suggestion
 from teacher.core.tasks.base import Task
 
 TaskFactory = Callable[[str], Task]  # called with the registered name
@@ -69,21 +69,21 @@ def get_task(name: str) -> Task:
 
 def _unknown_task_message(name: str) -> str:
     names = list_tasks()
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-    members = [n.split("/", 1) for n in names if "/" in n]  # [family, member]
-    if not close:
-        # A bare member ("navigate" for "bbh/navigate").
-        close = [f"{family}/{member}" for family, member in members if member == name]
-    if not close:
-        # lm-eval style names ("bbh_cot_fewshot_navigate") start with the family and
-        # end with the member.
-        close = [
-            f"{family}/{member}"
-            for family, member in members
-            if name.startswith(family) and name.endswith(member)
-        ][:3]
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(name, names, n=3) or suggestion(_member_matches(name, names))
     return f"unknown task {name!r}{hint} (known: {_known_summary()}; see list_tasks())"
+
+
+def _member_matches(name: str, names: list[str]) -> list[str]:
+    """Family members ``name`` spells another way: a bare member ("navigate" for
+    "bbh/navigate"), else an lm-eval style name ("bbh_cot_fewshot_navigate"), which
+    starts with the family and ends with the member."""
+    members = [n.split("/", 1) for n in names if "/" in n]  # [family, member]
+    bare = [f"{family}/{member}" for family, member in members if member == name]
+    return bare or [
+        f"{family}/{member}"
+        for family, member in members
+        if name.startswith(family) and name.endswith(member)
+    ][:3]
 
 
 def _known_summary() -> str:

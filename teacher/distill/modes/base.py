@@ -25,7 +25,9 @@ from typing import ClassVar
 
 from teacher.core.records import Candidate, Record
 from teacher.core.tasks import Example, Task, get_task
-from teacher.core.templates import BBH_COT_ZEROSHOT, GSM8K_COT_8SHOT, Template, get_template
+from teacher.core.tasks.bbh import BBH_COT_ZEROSHOT
+from teacher.core.tasks.gsm8k import GSM8K_COT_8SHOT
+from teacher.core.templates import Template, get_template
 from teacher.serving.errors import InvalidArgument
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.service import ModelHost, SampleResult, ScoreItem, TeacherService

@@ -9,7 +9,9 @@ import re
 from typing import ClassVar
 
 from teacher.core.tasks import Example, Task
-from teacher.core.templates import BBH_REWRITE, GSM8K_REWRITE, Template
+from teacher.core.tasks.bbh import BBH_REWRITE
+from teacher.core.tasks.gsm8k import GSM8K_REWRITE
+from teacher.core.templates import Template
 from teacher.distill.modes.base import DistillMode, register
 from teacher.serving.errors import InvalidArgument
 from teacher.serving.tokenization import PromptInput

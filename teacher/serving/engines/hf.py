@@ -11,7 +11,7 @@ decoding join it between steps (their prompts prefilled, their KV cache merged
 in), and finished sequences leave it at once, so a late request never waits
 for a whole batch to finish.
 
-Options (``EngineConfig.options``): ``max_batch_size`` (16), ``max_batch_tokens``
+Options (``EngineSettings.options``): ``max_batch_size`` (16), ``max_batch_tokens``
 (8192: prompt + new tokens over the batch), ``batch_wait_ms`` (5),
 ``max_score_tokens`` (2048 completion tokens per scoring batch, bounding the
 logits held in memory), ``continuous_batching`` (true; false = static batches),
@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 
 from teacher.serving.engine import (
-    EngineConfig,
     EngineLoad,
     EngineOutput,
     EngineRequest,
+    EngineSettings,
     ModelInfo,
     ScoreInput,
     TokenStep,
@@ -209,8 +209,11 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineSettings, model: str, name: str = "", revision: str = ""):
         self.config = config
+        self.source = model  # a prepared local directory
+        self.served_name = name
+        self.revision = revision
         opts = config.options
         self.max_batch_size = int(opts.get("max_batch_size", 16))
         self.max_batch_tokens = int(opts.get("max_batch_tokens", 8192))
@@ -255,7 +258,7 @@ class HFEngine:
         from transformers import AutoModelForCausalLM, GenerationConfig
 
         torch.manual_seed(self.config.seed)
-        path = self.config.model
+        path = self.source
         self.tokenizer = PromptTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
         self.model = model.to(self.device).eval()
@@ -284,9 +287,9 @@ class HFEngine:
         self.eos_ids = frozenset(eos)
         context = getattr(cfg, "max_position_embeddings", None) or self.config.max_model_len
         self._info = ModelInfo(
-            name=self.config.name or Path(path).name,
+            name=self.served_name or Path(path).name,
             source=str(path),
-            revision=self.config.revision,
+            revision=self.revision,
             engine="hf",
             engine_version=f"transformers {transformers.__version__}",
             context_length=min(int(context), self.config.max_model_len),

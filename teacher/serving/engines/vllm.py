@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from teacher.serving.engine import (
-    EngineConfig,
     EngineLoad,
     EngineOutput,
     EngineRequest,
+    EngineSettings,
     FinishReason,
     ModelInfo,
     ScoreInput,
@@ -72,7 +72,7 @@ class _Flight:
     started: bool = False  # an output arrived: running rather than waiting
 
 
-def _wants_cpu(config: EngineConfig) -> bool:
+def _wants_cpu(config: EngineSettings) -> bool:
     if config.device == "cpu":
         return True
     if config.device == "auto":
@@ -87,9 +87,12 @@ class VLLMEngine:
 
     tokenizer: PromptTokenizer
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineSettings, model: str, name: str = "", revision: str = ""):
         # No heavy work here: the service builds engines before its event loop runs.
         self.config = config
+        self.source = model  # a prepared local directory
+        self.served_name = name
+        self.revision = revision
         self._llm: Any = None  # vllm.v1.engine.async_llm.AsyncLLM once started
         self._vllm: Any = None  # the vllm module
         self._info: ModelInfo | None = None
@@ -133,8 +136,8 @@ class VLLMEngine:
             dtype = "float32" if device == "cpu" else "bfloat16"
 
         args: dict[str, Any] = {
-            "model": cfg.model,
-            "tokenizer": cfg.model,
+            "model": self.source,
+            "tokenizer": self.source,
             "dtype": dtype,
             "max_model_len": cfg.max_model_len,
             "seed": cfg.seed,
@@ -167,7 +170,7 @@ class VLLMEngine:
             # then fails at interpreter exit).
             self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args)
         except Exception as e:
-            raise EngineUnavailable(f"vLLM failed to start for {cfg.model}: {e}") from e
+            raise EngineUnavailable(f"vLLM failed to start for {self.source}: {e}") from e
         # Start the output handler now rather than on the first request, so an
         # engine-core failure is noticed even while idle.
         if hasattr(self._llm, "_run_output_handler"):
@@ -177,12 +180,12 @@ class VLLMEngine:
             self._supervisor.watch("output-handler", handler)
         self._vllm = vllm
         try:
-            self.tokenizer = await asyncio.to_thread(PromptTokenizer.from_pretrained, cfg.model)
+            self.tokenizer = await asyncio.to_thread(PromptTokenizer.from_pretrained, self.source)
             self._info = self._describe(device)
         except BaseException:
             await self.shutdown()
             raise
-        log.info("vLLM %s serving %s (%s on %s)", vllm.__version__, cfg.model, dtype, device)
+        log.info("vLLM %s serving %s (%s on %s)", vllm.__version__, self.source, dtype, device)
 
     def _describe(self, device: str) -> ModelInfo:
         cfg = self.config
@@ -196,9 +199,9 @@ class VLLMEngine:
         if gen_eos is not None:
             eos.extend(int(i) for i in ([gen_eos] if isinstance(gen_eos, int) else gen_eos))
         return ModelInfo(
-            name=cfg.name or Path(cfg.model).name,
-            source=cfg.model,
-            revision=cfg.revision,
+            name=self.served_name or Path(self.source).name,
+            source=self.source,
+            revision=self.revision,
             engine="vllm",
             engine_version=self._vllm.__version__,
             # vLLM already caps the model's own limit by max_model_len.

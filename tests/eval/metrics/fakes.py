@@ -1,4 +1,7 @@
-"""Stand-ins for the served model, so a metric's compute is tested without one."""
+"""Scripted outputs for one metric's ``compute`` in its unit tests: the model's text
+is the input under test there (a random model cannot write "#### 18" on cue). Not for
+paths through the runner or the service: tests/eval/test_run_loop.py serves a tiny
+random model, tests/eval/test_run.py the real test model."""
 
 from __future__ import annotations
 
@@ -16,14 +19,12 @@ class FakeTokenizer:
     """Whitespace "tokens": ``encode_completion`` splits, ``decode`` joins; the chat
     template writes ``<role>: content`` lines and an ``assistant:`` prompt."""
 
-    class hf:
-        bos_token_id = 0
-        eos_token_id = 1
+    bos_token_id = 0
+    eos_token_id = 1
 
-        @staticmethod
-        def apply_chat_template(messages: Sequence[dict[str, str]], tokenize: bool = False,
-                                add_generation_prompt: bool = True) -> str:
-            return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+    @staticmethod
+    def chat_text(messages: Sequence[dict[str, str]]) -> str:
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 
     def __init__(self) -> None:
         self.vocab: dict[str, int] = {}
@@ -44,6 +45,9 @@ class FakeModel:
         self.answer = answer
         self.tokenizer = FakeTokenizer()
         self.prompts: list[Any] = []
+
+    def render_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        return self.tokenizer.chat_text(messages)
 
     async def generate(self, prompts: Sequence[Any], max_new_tokens: int,
                        stop: Sequence[str], progress: Any = None) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from eval.metrics.gsm8k import Gsm8k, Gsm8kSettings, gsm8k_target, score_gsm8k
-from teacher.core.templates import GSM8K_COT_8SHOT, GSM8K_COT_ZEROSHOT
+from teacher.core.tasks.gsm8k import GSM8K_COT_8SHOT, GSM8K_COT_ZEROSHOT
 from tests.eval.metrics.fakes import FakeModel, gsm8k_example
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from teacher.core import tasks as T
 from teacher.core.tasks import Example, get_task, gsm8k_final_answer
-from teacher.core.templates import BBH_COT_3SHOT
+from teacher.core.tasks.bbh import BBH_COT_3SHOT
 from tests.teacher.tasks.helpers import make_example
 
 GSM8K_SIZES = {"train": 7473, "test": 1319}  # the standard files
