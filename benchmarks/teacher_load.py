@@ -241,25 +241,47 @@ async def run(args, address: str, proc: subprocess.Popen) -> dict:
         out["rss_before_mb"] = round(rss_mb(proc.pid), 1)
         prober = Prober(address)
         prober.start()
-        phases = {}
-        for name, body in (
-            ("streams", lambda t: streams(stub, t, args.streams, args.tokens)),
-            ("mix", lambda t: mix(stub, t, args.mix, args.tokens)),
-            ("faults", lambda t: faults(channel, stub, t, args.fault_repeats)),
-        ):
-            tally = Tally()
-            started = time.perf_counter()
-            await body(tally)
-            phases[name] = {**tally.summary(), "wall_s": round(time.perf_counter() - started, 2)}
-            print(f"{name}: {json.dumps(phases[name])}", flush=True)
+        # The load runs ``rounds`` times: RSS that keeps growing round over round is a
+        # leak; RSS that rises once and then stays is the allocator's high-water mark.
+        rounds = []
+        for round_index in range(args.rounds):
+            phases = {}
+            for name, body in (
+                ("streams", lambda t: streams(stub, t, args.streams, args.tokens)),
+                ("mix", lambda t: mix(stub, t, args.mix, args.tokens)),
+                ("faults", lambda t: faults(channel, stub, t, args.fault_repeats)),
+            ):
+                tally = Tally()
+                started = time.perf_counter()
+                await body(tally)
+                phases[name] = {**tally.summary(),
+                                "wall_s": round(time.perf_counter() - started, 2)}
+                print(f"round {round_index + 1} {name}: {json.dumps(phases[name])}", flush=True)
+            await wait_idle(stub)
+            await asyncio.sleep(2)  # let freed buffers go back
+            rounds.append({"phases": phases, "rss_after_mb": round(rss_mb(proc.pid), 1)})
         out["idle_after"] = await wait_idle(stub)
         # Still serving after everything: one normal request.
         await stub.GenerateBatch(pb.GenerateBatchRequest(prompts=[CHAT], sampling=sampling(4)))
         out["health"] = await prober.stop()
-        await asyncio.sleep(2)  # let freed buffers go back
-        out["rss_after_mb"] = round(rss_mb(proc.pid), 1)
-        out["phases"] = phases
+        out["rss_after_mb"] = rounds[-1]["rss_after_mb"]
+        out["rounds"] = rounds
     return out
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['engine']} · {result['model']} · RSS before {result['rss_before_mb']} MB")
+    print(f"{'round':>5} {'phase':<8} {'requests':>8} {'p50 s':>8} {'p99 s':>8}  codes"
+          f" (unexpected)")
+    for i, r in enumerate(result["rounds"], 1):
+        for name, p in r["phases"].items():
+            statuses = ", ".join(f"{k} {v}" for k, v in sorted(p["codes"].items()))
+            print(f"{i:>5} {name:<8} {p['requests']:>8} {p['p50_s']:>8.3f} {p['p99_s']:>8.3f}"
+                  f"  {statuses} ({p['unexpected'] or 'none'})")
+        print(f"{i:>5} RSS after: {r['rss_after_mb']} MB")
+    h = result["health"]
+    print(f"health: {h['statuses']} (slowest probe {h['max_probe_s']:.3f} s); server exit "
+          f"{result['server_exit_code']}, tracebacks in log {result['server_log_tracebacks']}")
 
 
 def main() -> int:
@@ -270,6 +292,9 @@ def main() -> int:
     parser.add_argument("--mix", type=int, default=200)
     parser.add_argument("--tokens", type=int, default=8, help="new tokens per generation")
     parser.add_argument("--fault-repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="repeat the phases; RSS after each round tells a leak from a "
+                             "high-water mark")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -296,12 +321,12 @@ def main() -> int:
     result["server_log_tracebacks"] = text.count("Traceback")
     result["server_log_lines"] = text.count("\n")
     ok = (result["health"]["statuses"].keys() == {"SERVING"}
-          and not any(p["unexpected"] for p in result["phases"].values())
+          and not any(p["unexpected"] for r in result["rounds"] for p in r["phases"].values())
           and result["health"]["max_probe_s"] < 1.0)
     result["ok"] = ok
     out = Path(args.out) if args.out else RESULTS / f"teacher_load_{args.engine}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "phases"}, indent=2))
+    print_table(result)
     print(f"wrote {out}")
     return 0 if ok else 1
 
