@@ -12,6 +12,7 @@ from tests.conftest import REPO_ROOT
 
 SMOKE = REPO_ROOT / "configs" / "experiments" / "smoke.yaml"
 DEMO = REPO_ROOT / "configs" / "experiments" / "demo.yaml"
+DEMO_SEEDS = REPO_ROOT / "configs" / "experiments" / "demo-seeds.yaml"
 
 
 def _config(**overrides) -> ExperimentConfig:
@@ -62,7 +63,7 @@ def test_bad_config_is_named(tmp_path, overrides, message):
 
 
 def test_shipped_configs_plan(tmp_path, data_dir):
-    for path in (SMOKE, DEMO):
+    for path in (SMOKE, DEMO, DEMO_SEEDS):
         first = path.read_text().splitlines()[0]
         assert first.startswith("# distill-eval experiment --config configs/experiments/")
         config = load_experiment(path, [f"data_dir={data_dir}"])
@@ -73,6 +74,20 @@ def test_shipped_configs_plan(tmp_path, data_dir):
     assert demo.config.student == "qwen2.5-coder-0.5b-instruct"
     assert demo.config.teacher.models["teacher"] == "qwen2.5-coder-1.5b-instruct"
     assert demo.config.eval.suite == "quick"
+    # demo.yaml names the design keys at the values that keep it as it was run
+    assert all((r.train.data.sample_seed, r.train.data.ids_file, r.train.data.split_seed)
+               == (None, None, None) for r in demo.runs)
+    assert not any("fallback" in j.settings for j in demo.data_jobs.values())
+
+
+def test_proposed_seeds_demo_plans_arm_by_seed_on_the_same_questions(tmp_path, data_dir):
+    p = plan(load_experiment(DEMO_SEEDS, [f"data_dir={data_dir}"]), tmp_path)
+    assert sorted(p.arms) == ["best_of_n", "ground_truth", "ground_truth_stm", "trace"]
+    assert len(p.runs) == 4 * 3 and {r.seed for r in p.runs} == {42, 43, 44}
+    assert {r.train.data.ids_file for r in p.runs} == {str(questions_file(tmp_path))}
+    assert {r.train.data.sample_seed for r in p.runs} == {0}
+    assert {r.train.data.split_seed or r.seed for r in p.runs} == {42}
+    assert {j.settings["fallback"] for j in p.data_jobs.values()} == {"reject"}
 
 
 # ----------------------------------------------------------------------------- the design
@@ -111,7 +126,7 @@ def test_same_questions_every_arm_trains_the_intersection(tmp_path, data_dir):
     from student.trainer import split_seed_of
     from tests.student.test_data import record, write_records
 
-    config = _config(arms={"ground_truth": None, "trace": None,
+    config = _config(arms={"ground_truth": None, "ground_truth_stm": None, "trace": None,
                            "best_of_n": {"generate": {"num_candidates": 2}}},
                      examples=12, sample_seed=3, same_questions=True, seeds=[1, 2, 3],
                      train={"data": {"val_size": 3}}, data_dir=str(data_dir))
