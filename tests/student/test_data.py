@@ -104,6 +104,22 @@ def test_seeded_draw_is_reproducible_and_not_file_order(data_dir):
     assert set(ids) <= {e.id for e in more}
 
 
+def test_sample_seed_draws_the_questions_the_student_draws(tmp_path, data_dir):
+    from teacher.distill.job import GenerateConfig
+    from teacher.distill.job import load_examples as job_examples
+
+    def job(**settings) -> list[str]:
+        config = GenerateConfig.from_settings(task="gsm8k", split="train", mode="trace",
+                                              out=tmp_path, data_dir=data_dir, **settings)
+        return [e.id for e in job_examples(config)]
+
+    drawn = job(limit=6, sample_seed=11)
+    assert drawn == job(limit=6, sample_seed=11) != job(limit=6)
+    assert job(limit=6) == [f"gsm8k/train/{i:06d}" for i in range(6)]  # None: the first N
+    gt = load_train_config(None, ["data.limit=6", "data.sample_seed=11"])
+    assert [e.id for e in load_examples(gt.data, data_dir)] == drawn
+
+
 def test_teacher_arms_draw_the_same_questions_as_ground_truth(tmp_path):
     # The same seed over a teacher directory draws the same ids as over the task
     # (records cover the split here); a rejected question is dropped, not replaced.
