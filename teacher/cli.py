@@ -184,6 +184,8 @@ def _add_generate_parser(sub) -> None:
     )
     gen.add_argument("--out", required=True, help="output directory (JSONL shards)")
     gen.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    gen.add_argument("--sample-seed", type=int, default=None,
+                     help="with --limit: N examples drawn with this seed, not the first N")
     gen.add_argument("--data-dir", default=None, help="benchmark data (default: ../shared/data)")
     gen.add_argument(
         "-n",
@@ -395,6 +397,7 @@ async def _generate(args) -> int:
         mode=args.mode,
         out=Path(args.out),
         limit=args.limit,
+        sample_seed=args.sample_seed,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         num_candidates=args.num_candidates,
         template=args.template,
