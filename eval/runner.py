@@ -26,7 +26,7 @@ from eval.cache import ResultCache
 from eval.loading import serve
 from eval.metrics import Measure, Metric, RunMetric, registered_metrics
 from eval.metrics.base import FORGETTING
-from eval.metrics.model import ServedModel
+from eval.metrics.model import ModelFiles, ServedModel
 from eval.stats import Estimate, bootstrap, combine_mean, paired_bootstrap, proportion
 from eval.suite import Suite
 from teacher.core.rundir import RunDir, adapter_hash
@@ -198,6 +198,8 @@ def _plan(suite: Suite, metrics: dict[str, Metric], run: RunDir | None,
                 continue
             if metric.base_only and s.label != "base":
                 continue
+            if metric.vs_base and s.label == "base":
+                continue
             plan.metrics_of[s.label].append(name)
     return plan
 
@@ -250,28 +252,37 @@ async def run_eval(
                 todo.setdefault(s.label, []).append(name)
 
     timings: dict[str, float] = {}
+
+    async def compute(s: Subject, names: Sequence[str], model: Any) -> None:
+        for name in names:
+            metric, data = metrics[name], plan.data[name]
+            t0 = time.perf_counter()
+            bar = _progress(f"{s.label} {name}", metric.count(data), progress)
+            try:
+                rows = await metric.compute(model, data, data_dir=data_dir, progress=bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+            timings[f"{s.label}/{name}"] = round(time.perf_counter() - t0, 3)
+            cache.put(keys[(s.label, name)], rows)
+            items.setdefault(name, {})[s.label] = rows
+
     for s in subjects:
         names = todo.get(s.label)
         if not names:
             continue
         log.info("evaluating %s: %s", s.label, ", ".join(names))
-        hosting = (contextlib.nullcontext(base_service)
-                   if s.label == "base" and base_service is not None
-                   else serve(base_path, s.adapter_dir, suite.engine))
-        async with hosting as service:
-            served = ServedModel(service)
-            for name in names:
-                metric, data = metrics[name], plan.data[name]
-                t0 = time.perf_counter()
-                bar = _progress(f"{s.label} {name}", metric.count(data), progress)
-                try:
-                    rows = await metric.compute(served, data, data_dir=data_dir, progress=bar)
-                finally:
-                    if bar is not None:
-                        bar.close()
-                timings[f"{s.label}/{name}"] = round(time.perf_counter() - t0, 3)
-                cache.put(keys[(s.label, name)], rows)
-                items.setdefault(name, {})[s.label] = rows
+        served = [n for n in names if not metrics[n].in_process]
+        if served:
+            hosting = (contextlib.nullcontext(base_service)
+                       if s.label == "base" and base_service is not None
+                       else serve(base_path, s.adapter_dir, suite.engine))
+            async with hosting as service:
+                await compute(s, served, ServedModel(service))
+        # After the service is shut down: these load their own copy of the model.
+        own = [n for n in names if metrics[n].in_process]
+        if own:
+            await compute(s, own, ModelFiles(base_path, s.adapter_dir))
 
     if base_only:
         return {"cache": {"hits": cache.hits, "misses": cache.misses}}

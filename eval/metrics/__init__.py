@@ -12,9 +12,11 @@ metric is adding a module here (and its test).
 * ``memorization``: copy rates of trained responses vs held-out controls;
 * ``reference_ppl`` (over-memorization): perplexity of the gsm8k test references;
 * ``train_ppl``: perplexity of the run's training responses under the base model;
-* ``fit``: final train loss, validation loss and their gap.
+* ``fit``: final train loss, validation loss and their gap;
 * ``bbh_mc`` (forgetting): BIG-Bench-Hard accuracy by option log-likelihood (no
-  generation), the 23 multiple-choice subtasks, with exact intervals.
+  generation), the 23 multiple-choice subtasks, with exact intervals;
+* ``kl_forgetting``: KL(base ‖ tuned), NLL change and top-1 flip rate per token on
+  WikiText-2 chunks and BBH prompts (base and adapter loaded in-process).
 """
 
 from __future__ import annotations

@@ -136,6 +136,12 @@ class Metric:
     needs_run_dir: ClassVar[bool] = False  # reads the run's training data or loss history
     base_only: ClassVar[bool] = False  # computed on the base model only
     on_checkpoints: ClassVar[bool] = False  # also computed on each evaluated checkpoint
+    # Compares the subject with the base model itself (its rows are already paired):
+    # not computed on the base model, whose values are 0 by definition.
+    vs_base: ClassVar[bool] = False
+    # Loads the subject's model in-process: compute() gets a ModelFiles (base checkpoint
+    # + adapter dir) instead of a ServedModel, and no service is started for it.
+    in_process: ClassVar[bool] = False
 
     def __init__(self, settings: Any = None):
         if settings is None and self.settings_type is not None:
@@ -181,7 +187,8 @@ class Metric:
 
     async def compute(self, model: Any, data: Any, *, data_dir: Path | None,
                       progress: Any = None) -> list[Row]:
-        """Per-item rows of the model ``model`` (:class:`eval.metrics.model.ServedModel`)."""
+        """Per-item rows of the model ``model`` (:class:`eval.metrics.model.ServedModel`;
+        :class:`eval.metrics.model.ModelFiles` for an ``in_process`` metric)."""
         raise NotImplementedError
 
     def measures(self) -> list[Measure]:

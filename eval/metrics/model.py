@@ -3,16 +3,29 @@ tokenization, all through the teacher service's public methods.
 
 Every metric's prompts go to the service as one batch (``generate_batch``, in
 chunks for progress); the engine micro-batches them, exactly as the teacher does.
+A metric that must load the model itself (base and tuned logits side by side) gets
+its files instead (:class:`ModelFiles`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from eval.loading import MODEL_NAME
 
 _CHUNK = 64  # prompts per generate_batch / score call: progress granularity; the engine batches
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The model under evaluation as files, for a metric that loads it itself
+    (``Metric.in_process``, e.g. one that needs base and tuned logits together)."""
+
+    base_path: Path  # the base checkpoint directory
+    adapter_dir: Path | None  # the subject's LoRA adapter; None: the base model
 
 
 class ServedModel:
