@@ -27,6 +27,7 @@ from typing import Any
 
 from eval.metrics import Measure, Metric, registered_metrics
 from eval.metrics.base import FORGETTING, MEMORIZATION_INCREASE, TARGET_GAIN
+from eval.metrics.gsm8k import Gsm8k
 from eval.report import (
     fmt,
     fmt_est,
@@ -53,6 +54,9 @@ from eval.stats import (
 )
 from teacher.core.config import ConfigError, from_dict
 from teacher.core.rundir import RunDir, RunDirError
+
+# The accuracy column (and the checkpoints'): the gsm8k metric's headline measure.
+GSM8K_HEADLINE = Gsm8k().headline().name
 
 SATURATION_DATA_RATIO = 1.5  # "adding 50% more data"
 SATURATION_MIN_GAIN = 3.0  # "... for under 3 points absolute"
@@ -184,7 +188,8 @@ _PHRASES = {"target": ("scores higher than", "scores lower than"),
 
 def headlines(metrics: Sequence[Metric]) -> list[Headline]:
     """The measures of the metrics' summary lines: target, each forgetting axis,
-    memorization (as a difference-in-differences over held-out controls)."""
+    memorization (as a difference-in-differences over held-out controls); then the
+    measures the metrics also compare (:meth:`Metric.compared`)."""
     out = []
     for metric in metrics:
         measures = {m.name: m for m in metric.measures()}
@@ -201,6 +206,9 @@ def headlines(metrics: Sequence[Metric]) -> list[Headline]:
                 column = ":".join(term.path)
                 out.append(Headline(m.name, column, m.name, metric.group, m.higher_is_better,
                                     m, metric.name))
+        for m in metric.compared():  # no column of the main table
+            out.append(Headline(m.name, "", m.name, metric.group, m.higher_is_better, m,
+                                metric.name))
     return out
 
 
@@ -360,7 +368,7 @@ def _arm(path: Path, results: dict[str, Any]) -> dict[str, Any]:
     arm["arm"] = _SEED_SUFFIX.sub("", arm["name"]) if adapter else arm["name"]
     confidence = float((results["suite"].get("config") or {}).get("confidence")
                        or DEFAULT_CONFIDENCE)
-    arm["accuracy"] = _exact(metrics.get("gsm8k/strict_match"), confidence)
+    arm["accuracy"] = _exact(metrics.get(GSM8K_HEADLINE), confidence)
     arm["target_gain"] = summary.get(TARGET_GAIN)
     # Each forgetting axis on its own: their units differ (points, % bits per byte),
     # so the runner's "overall" mean of them is not shown.
@@ -678,7 +686,7 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
     # A base row first: the base model's absolute numbers, from the first arm.
     if not any(a["is_base"] for a in arms):
         first = loaded[0][1]
-        base_acc = (first["metrics"].get("gsm8k/strict_match") or {}).get("base")
+        base_acc = (first["metrics"].get(GSM8K_HEADLINE) or {}).get("base")
         confidence = float(stats_cfg.get("confidence") or DEFAULT_CONFIDENCE)
         arms.insert(0, {**{k: None for k in arms[0]}, "name": f"base ({first['model']['name']})",
                         "data": "—", "is_base": True,
@@ -713,7 +721,10 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
           "**Bold**: the best arm in a column, only where its paired difference to every "
           "other arm excludes zero.", "",
           _table(arms, heads, comparer), "",
-          "- *target gain*: gsm8k strict-match accuracy minus the base model's, in points.",
+          "- *gsm8k acc*: flexible-extract accuracy (the last boxed number, else the last "
+          "number); strict match (the answer in the prompt's format) and the share cut off "
+          "at max_new_tokens are in each arm's results.",
+          "- *target gain*: gsm8k flexible-extract accuracy minus the base model's, in points.",
           "- *forgetting*: one column per axis, in its own unit (bbh: accuracy points lost; "
           "wikitext: % more bits per byte); they are not averaged. Lower is better; "
           "negative means improved.",
@@ -762,7 +773,7 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
                               [[r["arm"], str(r["seeds"]), cell(r, "accuracy", 3),
                                 cell(r, "target_gain", 1)] for r in spread]), ""]
     ckpt_rows = [[a["name"], str(c["step"]),
-                  fmt_est(c.get("gsm8k/strict_match"), 3), fmt_est(c.get("reference_ppl/gsm8k"), 3)]
+                  fmt_est(c.get(GSM8K_HEADLINE), 3), fmt_est(c.get("reference_ppl/gsm8k"), 3)]
                  for a in trained for c in a.get("checkpoints") or []]
     if ckpt_rows:
         md += ["## Over-memorization by checkpoint", "",
