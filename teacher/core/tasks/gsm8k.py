@@ -95,9 +95,9 @@ GSM8K_COT_ZEROSHOT = register_template(Template(
 # The evaluation prompt an instruct model follows: Qwen2.5's recommended reasoning
 # instruction, as Qwen's own math evaluation sends it (QwenLM/Qwen2.5-Math
 # evaluation/utils.py PROMPT_TEMPLATES["qwen-boxed"]: this system turn, the question,
-# then the instruction). The zero-shot "#### N" prompt above is the training format;
-# the 0.5B instruct model rarely writes that line unprompted by training, so its
-# base score there is the prompt's, not the model's.
+# then the instruction). The zero-shot "#### N" prompt above is the training format,
+# not one the instruct model was tuned to follow: scoring the base model on it
+# measures the prompt, not the model (issue 15; docs/eval-crosscheck.md).
 GSM8K_COT_BOXED = register_template(Template(
     id="gsm8k-cot-boxed",
     version=1,
