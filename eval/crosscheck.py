@@ -14,6 +14,8 @@ dependency of the project.
 
     python -m eval.crosscheck --out /tmp/lmeval-tasks
     lm_eval --include_path /tmp/lmeval-tasks --tasks gsm8k_cot_local,wikitext_local ...
+    python -m eval.crosscheck --agree LMEVAL_OUT/.../samples_gsm8k_boxed_local_*.jsonl \\
+        DISTILL_OUT/items.jsonl
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 from teacher.core.tasks import GSM8K_METRIC, default_data_dir, wikitext_documents
 from teacher.core.tasks.gsm8k import GSM8K_BOXED_STRICT, GSM8K_COT_BOXED
@@ -158,13 +161,70 @@ def write_tasks(out: Path, data_dir: Path, max_gen_toks: int = 512) -> list[Path
     return [gsm8k, wikitext, boxed]
 
 
+def agreement(samples: Path, items: Path) -> dict[str, Any]:
+    """Per item, lm-eval's ``--log_samples`` file of a gsm8k task next to distill-eval's
+    ``items.jsonl`` of the same test items (lm-eval doc ``i`` is ``gsm8k/test/<i>``):
+    whether the generated text is the same, both filters' answers and scores."""
+    lm: dict[int, dict[str, Any]] = {}
+    for line in samples.read_text(encoding="utf-8").splitlines():
+        s = json.loads(line)
+        doc = lm.setdefault(s["doc_id"], {"output": s["resps"][0][0], "target": s["target"]})
+        doc[s["filter"]] = (s["filtered_resps"][0], float(s["exact_match"]))
+    ours = {}
+    for line in items.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if r.get("metric", "gsm8k") == "gsm8k" and r.get("subject", "model") == "model":
+            ours[r["id"]] = r
+    rows = []
+    for doc_id in sorted(lm):
+        a, b = lm[doc_id], ours.get(f"gsm8k/test/{doc_id:06d}")
+        if b is None:
+            continue
+        rows.append({
+            "doc": doc_id, "target": a["target"], "same_output": a["output"] == b["output"],
+            "lm_eval": {"strict": a.get("strict-match"), "flexible": a.get("flexible-extract")},
+            "distill": {"strict": (b["answer_strict"], b["strict_match"]),
+                        "flexible": (b["answer_flexible"], b["flexible_extract"])},
+        })
+    agree = {f: sum(r["lm_eval"][f] is not None and tuple(r["lm_eval"][f]) == r["distill"][f]
+                    for r in rows) for f in ("strict", "flexible")}
+    return {"n": len(rows), "same_output": sum(r["same_output"] for r in rows),
+            "agree": agree, "rows": rows}
+
+
+def agreement_table(result: dict[str, Any]) -> str:
+    """The markdown lines docs/eval-crosscheck.md shows."""
+    def cell(pair: Any) -> str:
+        return "–" if pair is None else f"`{pair[0]}`"
+
+    lines = ["| doc | target | lm-eval strict / flexible | distill-eval strict / flexible "
+             "| same output |", "|---|---:|---|---|:-:|"]
+    for r in result["rows"]:
+        lm, ours = r["lm_eval"], r["distill"]
+        lines.append(f"| {r['doc']} | {r['target']} | {cell(lm['strict'])} / "
+                     f"{cell(lm['flexible'])} | {cell(ours['strict'])} / "
+                     f"{cell(ours['flexible'])} | {'yes' if r['same_output'] else 'no'} |")
+    n = result["n"]
+    lines.append(f"\nsame output {result['same_output']}/{n}; answer and score agree: strict "
+                 f"{result['agree']['strict']}/{n}, flexible {result['agree']['flexible']}/{n}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for the task YAMLs")
+    parser.add_argument("--out", type=Path, help="folder for the task YAMLs")
+    parser.add_argument("--agree", type=Path, nargs=2, metavar=("SAMPLES", "ITEMS"),
+                        help="instead: compare lm-eval's samples_*.jsonl with distill-eval's "
+                             "items.jsonl, per item")
     parser.add_argument("--data-dir", type=Path, default=None, help="benchmark data root")
     parser.add_argument("--max-gen-toks", type=int, default=512,
                         help="gsm8k_boxed_local's max_gen_toks (the suite's gsm8k.max_new_tokens)")
     args = parser.parse_args(argv)
+    if args.agree:
+        print(agreement_table(agreement(*args.agree)))
+        return
+    if args.out is None:
+        parser.error("--out is required (or --agree)")
     data_dir = args.data_dir or default_data_dir()
     if data_dir is None:
         raise SystemExit("no data dir: pass --data-dir or set $DISTILL_DATA_DIR")

@@ -40,3 +40,38 @@ def test_boxed_task_is_the_boxed_template(tmp_path: Path) -> None:
     assert strict["filter"][0]["group_select"] == -1
     assert flexible["filter"][0]["filter_fn"] == "gsm8k_boxed_filters.flexible_extract"
     assert task["dataset_kwargs"]["data_files"]["test"] == str(tmp_path / "gsm8k" / "test.jsonl")
+
+
+def test_agreement_pairs_lm_eval_docs_with_distill_items(tmp_path: Path) -> None:
+    import json
+
+    from eval.crosscheck import agreement, agreement_table
+
+    samples = [  # lm-eval --log_samples: one line per doc and filter
+        {"doc_id": 0, "filter": f, "resps": [["so \\boxed{18}"]], "target": "18",
+         "filtered_resps": ["18"], "exact_match": 1.0} for f in ("strict-match", "flexible-extract")
+    ] + [
+        {"doc_id": 1, "filter": "strict-match", "resps": [["it is 7"]], "target": "7",
+         "filtered_resps": ["[invalid]"], "exact_match": 0.0},
+        {"doc_id": 1, "filter": "flexible-extract", "resps": [["it is 7"]], "target": "7",
+         "filtered_resps": ["7"], "exact_match": 1.0},
+    ]
+    items = [
+        {"metric": "gsm8k", "subject": "model", "id": "gsm8k/test/000000",
+         "output": "so \\boxed{18}", "answer_strict": "18", "strict_match": 1.0,
+         "answer_flexible": "18", "flexible_extract": 1.0},
+        {"metric": "gsm8k", "subject": "model", "id": "gsm8k/test/000001",
+         "output": "it is 7.", "answer_strict": "[invalid]", "strict_match": 0.0,
+         "answer_flexible": "7.", "flexible_extract": 1.0},
+        {"metric": "gsm8k", "subject": "base", "id": "gsm8k/test/000001", "output": "x",
+         "answer_strict": "x", "strict_match": 0.0, "answer_flexible": "x",
+         "flexible_extract": 0.0},
+    ]
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    (tmp_path / "i.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    got = agreement(tmp_path / "s.jsonl", tmp_path / "i.jsonl")
+    # Doc 1: another output, the same strict answer, another flexible answer ("7." vs "7").
+    assert (got["n"], got["same_output"], got["agree"]) == (2, 1, {"strict": 2, "flexible": 1})
+    table = agreement_table(got)
+    assert "| 1 | 7 | `[invalid]` / `7` | `[invalid]` / `7.` | no |" in table
+    assert table.endswith("strict 2/2, flexible 1/2")
