@@ -50,7 +50,8 @@ class Gsm8kSettings:
     # "gsm8k-cot-zeroshot" is the student's training format ("#### N" answer line),
     # "gsm8k-cot-8shot" lm-eval's gsm8k_cot prompt (both cross-checked against lm-eval).
     template: str = GSM8K_COT_BOXED.id
-    max_new_tokens: int = 256
+    # Its answers run to ~450 tokens (docs/eval-crosscheck.md); gsm8k/truncated shows cut-offs.
+    max_new_tokens: int = 512
 
 
 def gsm8k_template(key: str, name: str) -> Template:

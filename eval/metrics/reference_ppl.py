@@ -5,8 +5,10 @@ Each row also holds the item's mean NLL per token (``nll_mean``): the continuous
 target measure ``reference_ppl/gsm8k_nll`` (the mean over items), which the
 comparison pairs per item between arms. The references are scored after the
 training prompt (``gsm8k-cot-zeroshot``), not after the evaluation's boxed prompt:
-they end in that prompt's "#### N" line, which the boxed prompt asks the model not
-to write, so after it their NLL would mostly charge the format.
+they end in that prompt's "#### N" line, not in the boxed answer that prompt asks
+for, so after it their NLL would charge the format as much as the solution; and
+the arms train on the training prompt, so after it the references measure what
+training moved.
 """
 
 from __future__ import annotations
