@@ -55,8 +55,10 @@ from eval.stats import (
 from teacher.core.config import ConfigError, from_dict
 from teacher.core.rundir import RunDir, RunDirError
 
-# The accuracy column (and the checkpoints'): the gsm8k metric's headline measure.
+# The accuracy column (and the checkpoints'): the gsm8k metric's headline measure;
+# beside it the format measure and the share of answers cut off at max_new_tokens.
 GSM8K_HEADLINE = Gsm8k().headline().name
+GSM8K_STRICT, GSM8K_TRUNCATED = "gsm8k/strict_match", "gsm8k/truncated"
 
 SATURATION_DATA_RATIO = 1.5  # "adding 50% more data"
 SATURATION_MIN_GAIN = 3.0  # "... for under 3 points absolute"
@@ -369,6 +371,8 @@ def _arm(path: Path, results: dict[str, Any]) -> dict[str, Any]:
     confidence = float((results["suite"].get("config") or {}).get("confidence")
                        or DEFAULT_CONFIDENCE)
     arm["accuracy"] = _exact(metrics.get(GSM8K_HEADLINE), confidence)
+    arm["strict"] = _exact(metrics.get(GSM8K_STRICT), confidence)
+    arm["truncated"] = _exact(metrics.get(GSM8K_TRUNCATED), confidence)
     arm["target_gain"] = summary.get(TARGET_GAIN)
     # Each forgetting axis on its own: their units differ (points, % bits per byte),
     # so the runner's "overall" mean of them is not shown.
@@ -516,6 +520,8 @@ def _table(arms: Sequence[dict[str, Any]], heads: Sequence[Headline],
     mem = "memorization DiD" if did else "memorization ↑ (trained items only)"
     columns: list[tuple[str, str, Any, bool | None, int]] = [
         ("gsm8k acc (%)", "", lambda a: _points(a["accuracy"]), None, 1),
+        ("strict (%)", "", lambda a: _points(a.get("strict")), None, 1),
+        ("cut off (%)", "", lambda a: _points(a.get("truncated")), None, 1),
         ("target gain (pts)", TARGET_GAIN, lambda a: a["target_gain"], True, 1),
         *[(f"forgetting {t}{_unit(arms, t)}", f"{FORGETTING}:{t}",
            lambda a, t=t: a["forgetting"].get(t), False, 2) for t in tasks],
@@ -686,11 +692,15 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
     # A base row first: the base model's absolute numbers, from the first arm.
     if not any(a["is_base"] for a in arms):
         first = loaded[0][1]
-        base_acc = (first["metrics"].get(GSM8K_HEADLINE) or {}).get("base")
         confidence = float(stats_cfg.get("confidence") or DEFAULT_CONFIDENCE)
+
+        def base_of(name: str) -> dict[str, Any] | None:
+            return _exact((first["metrics"].get(name) or {}).get("base"), confidence)
+
         arms.insert(0, {**{k: None for k in arms[0]}, "name": f"base ({first['model']['name']})",
-                        "data": "—", "is_base": True,
-                        "accuracy": _exact(base_acc, confidence), "forgetting": {},
+                        "data": "—", "is_base": True, "accuracy": base_of(GSM8K_HEADLINE),
+                        "strict": base_of(GSM8K_STRICT), "truncated": base_of(GSM8K_TRUNCATED),
+                        "forgetting": {},
                         "memorization": {}, "memorization_did": False, "settings": {},
                         "checkpoints": [], "source": ""})
     trained = [a for a in arms if not a["is_base"]]
@@ -722,8 +732,9 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
           "other arm excludes zero.", "",
           _table(arms, heads, comparer), "",
           "- *gsm8k acc*: flexible-extract accuracy (the last boxed number, else the last "
-          "number); strict match (the answer in the prompt's format) and the share cut off "
-          "at max_new_tokens are in each arm's results.",
+          "number); *strict*: the answer in the prompt's own format (`\\boxed{N}` for the "
+          "suites' prompt); *cut off*: "
+          "the share of answers that hit max_new_tokens.",
           "- *target gain*: gsm8k flexible-extract accuracy minus the base model's, in points.",
           "- *forgetting*: one column per axis, in its own unit (bbh: accuracy points lost; "
           "wikitext: % more bits per byte); they are not averaged. Lower is better; "

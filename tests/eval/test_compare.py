@@ -47,8 +47,10 @@ def record_arm(root: Path, name: str, *, gain: float, n_train: int, kind: str = 
             "gsm8k/flexible_extract": {**est(base_acc + gain / 100, 0.05), "group": "target",
                                        "higher_is_better": True, "base": est(base_acc, 0.05)},
             # The format measure: reported, not the accuracy column.
-            "gsm8k/strict_match": {**est(0.01, 0.01), "group": "target",
+            "gsm8k/strict_match": {**est(0.02, 0.01), "group": "target",
                                    "higher_is_better": True, "base": est(0.0, 0.01)},
+            "gsm8k/truncated": {**est(0.04, 0.01), "group": "target",
+                                "higher_is_better": False, "base": est(0.1, 0.01)},
             "train_ppl": {**est(3.0 if kind == "teacher" else 6.0, 0.2), "group": "train_data",
                           "higher_is_better": False},
             "fit/gap": {"value": -0.05, "ci": [None, None], "n": 1, "group": "fit",
@@ -99,6 +101,13 @@ def test_compare_table_flags_saturation_and_plots(arms, tmp_path):
     # Accuracy (%) with its exact interval from k/n; 0.25 x 50 = 12.5 is no k/n: kept.
     assert "28.0 [16.2, 42.5]" in row["teacher-100"]  # 14/50, Clopper-Pearson
     assert "25.0 [20.0, 30.0]" in row["ground-truth"]  # 12.5/50: the recorded interval
+    # Beside the headline (flexible) accuracy: strict match and the share cut off, in %.
+    header = [c.strip() for c in main_table.splitlines()[0].split("|")]
+    assert header[3:6] == ["gsm8k acc (%)", "strict (%)", "cut off (%)"]
+    cells = [c.strip() for c in row["teacher-100"].split("|")]
+    assert cells[4].startswith("2.0 [") and cells[5].startswith("4.0 [")  # 1/50, 2/50
+    base = [c.strip() for c in main_table.splitlines()[2].split("|")]
+    assert base[4].startswith("0.0 [") and base[5].startswith("10.0 [")  # the base's 0/50, 5/50
     # Each forgetting axis in its own unit; no "overall" mean of points and percents.
     assert "forgetting overall" not in md and "forgetting bbh" in md
     # Arms differing in more than data are flagged, naming the setting.
