@@ -299,6 +299,8 @@ class _Comparer:
         opts = {"resamples": self.resamples, "confidence": self.confidence, "seed": self.seed}
         if not seeds or any(not x for x, _ in seeds):
             return None
+        if any(h.measure.field not in r for x, y in seeds for r in (*x, *y)):
+            return None  # items recorded before the measure existed
         # One test set scored by every seed's model: share the item draws across seeds.
         crossed = len({tuple(_key(r) for r in x) for x, _ in seeds}) == 1
         f = h.measure.field

@@ -322,3 +322,34 @@ def test_compare_pools_seeds_hierarchically(tmp_path):
     assert [s["seed"] for s in bbh["seed_differences"]] == [1, 2, 3]
     assert "at n=60 × 3 seeds" in report["markdown"] or bbh["ci"][0] > 0
     assert "One training seed per arm" not in report["markdown"]
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_reference_nll_is_compared_per_item_where_recorded(tmp_path, recorded):
+    # Where the rows carry nll_mean, the arms are compared on it item by item; an older
+    # items.jsonl without it gives no comparison on it, the rest of the report as before.
+    runs = [itemized_arm(tmp_path, name, kind=kind, seed=42, bbh_kept=40, bpb_shift=0.01,
+                         memorized=3)
+            for name, kind in (("ground_truth", "ground_truth"), ("trace", "teacher"))]
+    for k, run in enumerate(runs):
+        out = run / "eval" / "quick"
+        results = json.loads((out / "results.json").read_text())
+        results["suite"]["config"] = {**SUITE, "metrics": [*SUITE["metrics"], "reference_ppl"]}
+        (out / "results.json").write_text(json.dumps(results))
+        rows = []
+        for i in range(20):
+            for subject, nll in (("base", 1.0 + i / 20), ("model", 1.0 + i / 20 - 0.1 * (k + 1))):
+                row = {"metric": "reference_ppl", "subject": subject, "id": f"r{i}",
+                       "loglikelihood": -nll * 50, "tokens": 50}
+                rows.append(json.dumps({**row, "nll_mean": nll} if recorded else row))
+        (out / "items.jsonl").write_text((out / "items.jsonl").read_text() + "\n".join(rows) + "\n")
+    report = compare(runs, tmp_path / "report")
+    by = {(c["arm"], c["vs"], c["measure"]): c for c in report["comparisons"]}
+    assert ("trace", "ground_truth", "gsm8k/flexible_extract") in by
+    nll = by.get(("trace", "ground_truth", "reference_ppl/gsm8k_nll"))
+    if not recorded:
+        assert nll is None
+        return
+    # trace's references are 0.1 nats/token likelier than ground truth's, on every item.
+    assert nll["value"] == pytest.approx(-0.1) and nll["n"] == 20
+    assert nll["ci"][1] < 0
