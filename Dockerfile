@@ -1,7 +1,12 @@
 # The teacher service on a CUDA GPU, served by vLLM.
 #   docker build -t distill-teacher .
-#   docker run --gpus all -p 50051:50051 -v $HOME/.cache/distill:/cache distill-teacher \
+#   docker run --gpus all -p 50051:50051 -v $HOME/.cache/distill:/cache \
+#       -v $PWD/teacher-token:/run/secrets/teacher-token:ro distill-teacher \
+#       --token-file /run/secrets/teacher-token \
 #       --model teacher=qwen2.5-coder-1.5b-instruct --model student=qwen2.5-coder-0.5b-instruct
+# The server binds 0.0.0.0 in the container, so it refuses to start without
+# --token-file (clients send "authorization: Bearer <token>"; add --tls-cert and
+# --tls-key to encrypt) or an explicit --insecure on a trusted network.
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -34,5 +39,5 @@ EXPOSE 50051
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s \
     CMD ["python", "-c", "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; s=g.HealthStub(grpc.insecure_channel('localhost:50051')); sys.exit(0 if s.Check(h.HealthCheckRequest(), timeout=3).status == 1 else 1)"]
 
-ENTRYPOINT ["distill-teacher", "serve", "--engine", "vllm", "--port", "50051"]
+ENTRYPOINT ["distill-teacher", "serve", "--engine", "vllm", "--host", "0.0.0.0", "--port", "50051"]
 CMD ["--model", "teacher=qwen2.5-coder-1.5b-instruct"]

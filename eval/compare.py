@@ -38,6 +38,7 @@ from eval.report import (
     saturation_plot,
 )
 from eval.runner import ITEMS, RESULTS, SCHEMA
+from eval.signs import TRAIN_PPL_MAX, responses_differ, warning_signs
 from eval.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
@@ -351,10 +352,12 @@ def _arm(path: Path, results: dict[str, Any]) -> dict[str, Any]:
                            "model": results["model"]["name"],
                            "model_revision": results["model"].get("revision", "")}
     manifest: dict[str, Any] = {}
+    arm["responses_differ"] = None
     if adapter:
         try:
             run = RunDir(adapter["run_dir"])
             manifest = run.manifest
+            arm["responses_differ"] = responses_differ(run)
             try:
                 arm["loss_history"] = run.loss_history()
             except RunDirError:
@@ -385,6 +388,7 @@ def _arm(path: Path, results: dict[str, Any]) -> dict[str, Any]:
     arm["memorization"] = summary.get(MEMORIZATION_INCREASE) or {}
     arm["memorization_did"] = False
     arm["train_ppl"] = metrics.get("train_ppl")
+    arm["reference_ppl"] = metrics.get("reference_ppl/gsm8k")  # over-memorization's sign
     arm["fit_gap"] = metrics.get("fit/gap")
     arm["checkpoints"] = results.get("checkpoints") or []
     arm["train_tokens"] = manifest.get("train_tokens")
@@ -442,15 +446,22 @@ def _saturation(arms: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]
                   for a in group]
         if any(o != others[0] for o in others):
             continue  # they differ in more than data size
-        group = sorted(group, key=lambda a: a["num_train_examples"])
-        points = []
-        for i, a in enumerate(group):
-            point = {"arm": a["name"], "examples": a["num_train_examples"],
-                     "gain": a["target_gain"], "saturated": False}
-            if i:
-                prev = group[i - 1]
-                ratio = a["num_train_examples"] / prev["num_train_examples"]
-                delta = a["target_gain"]["value"] - prev["target_gain"]["value"]
+        # One point per size: the seeds' runs of a size averaged (their mean gain).
+        sizes: dict[int, list[dict[str, Any]]] = {}
+        for a in group:
+            sizes.setdefault(a["num_train_examples"], []).append(a)
+        points: list[dict[str, Any]] = []
+        for size in sorted(sizes):
+            runs = sizes[size]
+            gain = runs[0]["target_gain"] if len(runs) == 1 else {
+                "unit": runs[0]["target_gain"].get("unit"), "seeds": len(runs),
+                "value": math.fsum(r["target_gain"]["value"] for r in runs) / len(runs)}
+            point = {"arm": ", ".join(r["name"] for r in runs), "examples": size,
+                     "gain": gain, "saturated": False}
+            if points:
+                prev = points[-1]
+                ratio = size / prev["examples"]
+                delta = gain["value"] - prev["gain"]["value"]
                 point["vs_previous"] = {"data_ratio": ratio, "gain_change": delta}
                 point["saturated"] = ratio >= SATURATION_DATA_RATIO and delta < SATURATION_MIN_GAIN
             points.append(point)
@@ -646,6 +657,32 @@ def _comparison_section(rows: Sequence[dict[str, Any]], ref: str | None,
     return [*md, ""]
 
 
+def _signs_section(trained: Sequence[dict[str, Any]]) -> list[str]:
+    """Per run: how much of its training text is not the reference, and the small-data
+    guide's warning signs that fired, each with the number that fired it."""
+    md = ["## Training data and warning signs", ""]
+    rows = []
+    for a in trained:
+        d = a.get("responses_differ")
+        rows.append([a["name"], a["data"], "–" if not d else str(d["n"]),
+                     "–" if not d or d["share"] is None
+                     else f"{d['differ']} ({100 * d['share']:.0f}%)"])
+    md += ["Training responses that differ from the human references (an arm whose "
+           "responses are mostly the references trains on ground truth):", "",
+           markdown_table(["run", "data", "train examples", "differ from reference"], rows,
+                          ["l", "l", "r", "r"]), ""]
+    md += ["Warning signs (the small-data guide's): training-data perplexity under the "
+           f"base > {TRAIN_PPL_MAX:g}, a growing train/val gap, oscillating loss, "
+           "over-memorization (reference perplexity rising while accuracy holds), a "
+           "memorization increase whose interval is above 0.", ""]
+    flagged = [(a["name"], s) for a in trained for s in a.get("signs") or []]
+    if flagged:
+        md += [f"- ⚠ **{name}** {s['sign']}: {s['message']}" for name, s in flagged]
+    else:
+        md.append("No warning sign fired in any run.")
+    return [*md, ""]
+
+
 def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[str, Any]:
     """Build the comparison report of the arms whose results are at ``paths``."""
     if not paths:
@@ -684,6 +721,7 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
                 did.setdefault(setting, {})[name] = d.to_dict()
         if did:
             arm["memorization"], arm["memorization_did"] = did, True
+        arm["signs"] = [sign.to_dict() for sign in warning_signs(arm)]
     notes = []
     if len({(a["model"], a["model_revision"]) for a in arms}) > 1:
         notes.append("arms were evaluated on different base models: "
@@ -762,6 +800,7 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
     else:
         md.append("All trained arms share their training settings (only the data differs).")
     md.append("")
+    md += _signs_section(trained)
     if curves:
         md += ["## Saturation", "",
                f"Rule: {SATURATION_DATA_RATIO - 1:.0%} more data for under "
@@ -769,7 +808,10 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
         for source, points in curves.items():
             md.append(f"- {source}: " + "; ".join(
                 f"{p['examples']} ex → {fmt(p['gain']['value'], 1)} pts"
-                + (" (saturated)" if p["saturated"] else "") for p in points))
+                + (f" (mean of {p['gain']['seeds']} seeds)" if p["gain"].get("seeds") else "")
+                + (f" (saturated) [{p['vs_previous']['data_ratio'] - 1:+.0%} data for "
+                   f"{p['vs_previous']['gain_change']:+.1f} pts < {SATURATION_MIN_GAIN:g}]"
+                   if p["saturated"] else "") for p in points))
         md.append("")
     if spread:
         def cell(row: dict[str, Any], key: str, digits: int) -> str:

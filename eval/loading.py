@@ -117,7 +117,8 @@ async def serve(
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="distill-merged-")))
             log.info("merging adapter %s into %s", adapter_dir, base_path)
             path = merge_adapter(base_path, adapter_dir, tmp)
-        limits = Limits(max_queue=1 << 20, max_batch_prompts=1 << 16, max_score_items=1 << 16)
+        limits = Limits(max_queue=1 << 20, max_queue_tokens=0, max_batch_prompts=1 << 16,
+                        max_score_items=1 << 16)
         service = build_service([ModelSpec(MODEL_NAME, str(path))], engine, limits)
         await service.start()
         try:

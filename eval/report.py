@@ -123,14 +123,9 @@ def pareto_plot(arms: Sequence[Mapping[str, Any]], path: Path, axis: str | None)
         ax.plot(*zip(*front, strict=True), "--", color="gray", lw=1, label="Pareto front")
     ax.axhline(0, color="black", lw=0.5)
     ax.axvline(0, color="black", lw=0.5)
-    ax.set_xlabel(f"forgetting {axis or ''}" + (f", {unit}" if unit else "")
-                  + " (lower is better)")
-    ax.set_ylabel("target gain, gsm8k strict (points)")
-    ax.set_title("Target gain vs forgetting")
-    ax.grid(alpha=0.3)
-    if pts:
-        ax.legend(fontsize=8, loc="best")
-    return _save(plt, fig, path)
+    xlabel = f"forgetting {axis or ''}" + (f", {unit}" if unit else "") + " (lower is better)"
+    return _finish(plt, fig, ax, path, title="Target gain vs forgetting", xlabel=xlabel,
+                   ylabel="target gain, gsm8k strict (points)", legend=bool(pts))
 
 
 def memorization_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -155,15 +150,12 @@ def memorization_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
         ax.bar(xs, ys, width=width, yerr=errs, capsize=3, label=setting)
     ax.set_xticks(range(len(arms)), [a["name"] for a in arms], rotation=20, ha="right")
     did = any(a.get("memorization_did") for a in arms)
-    ax.set_ylabel("share ROUGE-L ≥ threshold: " + (
-        "Δ trained − Δ controls (points)" if did else "increase (points)"))
-    ax.set_title("Memorization of training responses, vs the base model"
-                 + (" and held-out controls" if did else ""))
     ax.axhline(0, color="black", lw=0.5)
-    ax.grid(axis="y", alpha=0.3)
-    if settings:
-        ax.legend(fontsize=8)
-    return _save(plt, fig, path)
+    return _finish(plt, fig, ax, path, grid_axis="y", legend=bool(settings),
+                   title="Memorization of training responses, vs the base model"
+                   + (" and held-out controls" if did else ""),
+                   ylabel="share ROUGE-L ≥ threshold: "
+                   + ("Δ trained − Δ controls (points)" if did else "increase (points)"))
 
 
 def loss_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -180,12 +172,8 @@ def loss_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
         if val:
             ax.plot(*zip(*val, strict=True), "--o", color=color, ms=3,
                     label=f"{arm['name']} val")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("Loss curves")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(plt, fig, path)
+    return _finish(plt, fig, ax, path, title="Loss curves", xlabel="step", ylabel="loss",
+                   legend_size=7)
 
 
 def saturation_plot(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path:
@@ -202,11 +190,21 @@ def saturation_plot(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Pat
                 ax.annotate("saturated", (p["examples"], p["gain"]["value"]),
                             textcoords="offset points", xytext=(4, -12), fontsize=7)
     ax.set_xscale("log")
-    ax.set_xlabel("training examples")
-    ax.set_ylabel("target gain (points)")
-    ax.set_title("Saturation: gain vs data size (+50% data for < 3 points = saturated)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    return _finish(plt, fig, ax, path, xlabel="training examples",
+                   ylabel="target gain (points)",
+                   title="Saturation: gain vs data size (+50% data for < 3 points = saturated)")
+
+
+def _finish(plt, fig, ax, path: Path, *, title: str, ylabel: str, xlabel: str = "",
+            grid_axis: str = "both", legend: bool = True, legend_size: int = 8) -> Path:
+    """Label, grid, legend and save: the same finish for every plot."""
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis=grid_axis, alpha=0.3)
+    if legend:
+        ax.legend(fontsize=legend_size, loc="best")
     return _save(plt, fig, path)
 
 

@@ -27,7 +27,7 @@ from eval.loading import serve
 from eval.metrics import Measure, Metric, RunMetric, registered_metrics
 from eval.metrics.base import FORGETTING
 from eval.metrics.model import ServedModel
-from eval.stats import Estimate, bootstrap, combine_mean, paired_bootstrap
+from eval.stats import Estimate, bootstrap, combine_mean, paired_bootstrap, proportion
 from eval.suite import Suite
 from teacher.core.rundir import RunDir, adapter_hash
 
@@ -80,6 +80,19 @@ def _paired_estimate(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
                             confidence=suite.confidence, seed=suite.seed)
 
 
+def _value(measure: Measure, items: Sequence[dict[str, Any]], suite: Suite) -> dict[str, Any]:
+    """A measure's value and interval: exact for a proportion that asks for it, else
+    the percentile bootstrap."""
+    if measure.exact:
+        hits = [float(it[measure.field]) for it in items]
+        if any(h not in (0.0, 1.0) for h in hits):
+            raise ValueError(f"measure {measure.name}: exact interval of a non-binary "
+                             f"field {measure.field!r}")
+        return {**proportion(int(sum(hits)), len(hits), suite.confidence).to_dict(),
+                "method": "Clopper-Pearson"}
+    return _estimate(items, measure.aggregate_fn(), suite).to_dict()
+
+
 def _measure_entry(measure: Measure, group: str, items: dict[str, list[dict[str, Any]]],
                    suite: Suite) -> dict[str, Any] | None:
     agg = measure.aggregate_fn()
@@ -87,12 +100,12 @@ def _measure_entry(measure: Measure, group: str, items: dict[str, list[dict[str,
     if not model_items:
         return None
     entry: dict[str, Any] = {"group": group, "higher_is_better": measure.higher_is_better,
-                             **_estimate(model_items, agg, suite).to_dict()}
+                             **_value(measure, model_items, suite)}
     if measure.description:
         entry["description"] = measure.description
     base_items = measure.select(items.get("base", []))
     if base_items and items.get("base") is not items["model"]:
-        entry["base"] = _estimate(base_items, agg, suite).to_dict()
+        entry["base"] = _value(measure, base_items, suite)
         entry["delta"] = _paired_estimate(model_items, base_items, lambda x, y: x - y, agg,
                                           suite).to_dict()
     return entry

@@ -149,16 +149,17 @@ def binom_cdf(k: int, n: int, p: float) -> float:
     return min(1.0, math.exp(top) * math.fsum(math.exp(t - top) for t in terms))
 
 
-def _solve(f: Callable[[float], float], target: float) -> float:
-    """p in [0, 1] with f(p) = target, for f decreasing in p (bisection)."""
-    lo, hi = 0.0, 1.0
+def _solve(f: Callable[[float], float], target: float,
+           lo: float = 0.0, hi: float = 1.0) -> tuple[float, float]:
+    """A bracket [a, b] (width ~1e-30 of [lo, hi]) where f crosses ``target``, for f
+    decreasing in its argument (bisection): f(a) > target >= f(b)."""
     for _ in range(100):
         mid = (lo + hi) / 2
         if f(mid) > target:
             lo = mid
         else:
             hi = mid
-    return (lo + hi) / 2
+    return lo, hi
 
 
 def clopper_pearson(k: int, n: int, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
@@ -167,8 +168,8 @@ def clopper_pearson(k: int, n: int, confidence: float = DEFAULT_CONFIDENCE) -> t
     alpha = 1.0 - confidence
     # low: P(X >= k | p) = alpha/2, i.e. P(X <= k-1 | p) = 1 - alpha/2 (falls with p);
     # high: P(X <= k | p) = alpha/2.
-    low = 0.0 if k == 0 else _solve(lambda p: binom_cdf(k - 1, n, p), 1.0 - alpha / 2)
-    high = 1.0 if k == n else _solve(lambda p: binom_cdf(k, n, p), alpha / 2)
+    low = 0.0 if k == 0 else sum(_solve(lambda p: binom_cdf(k - 1, n, p), 1 - alpha / 2)) / 2
+    high = 1.0 if k == n else sum(_solve(lambda p: binom_cdf(k, n, p), alpha / 2)) / 2
     return low, high
 
 
@@ -248,14 +249,7 @@ def mde_mcnemar(n: int, discordant: float, confidence: float = DEFAULT_CONFIDENC
 
     if needed(1.0) > n:
         return 1.0
-    lo, hi = 1e-9, 1.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if needed(mid) > n:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return _solve(needed, n, lo=1e-9)[1]  # the side that is detectable
 
 
 # ----------------------------------------------------------------------------- hierarchy

@@ -75,7 +75,17 @@ class DataConfig:
     mode: str | None = None  # only records of this teacher mode (trace, rewrite, ...)
     include_rejected: bool = False  # records the teacher rejected have no response
     limit: int | None = None  # the first N examples of the source
+    # None: ``limit`` means the first N; a seed: N drawn with it (teacher.core.tasks.draw;
+    # from a teacher directory, drawn over all its records, rejected ones included, so
+    # every arm of one seed draws the same questions).
+    sample_seed: int | None = None
+    # A JSON list of example ids: only these are trained and validated on (an
+    # experiment's questions every arm could produce, eval.experiment).
+    ids_file: str | None = None
     val_size: float = 0.1  # held-out share (< 1) or count (>= 1) of examples, by id
+    # The validation split's seed; None: the training seed (so a new seed also moves
+    # examples between the splits). Fix it to vary only LoRA init and data order.
+    split_seed: int | None = None
     subset: float | None = None  # the share (<= 1) or count (> 1) of the rest to train on
     subset_seed: int = 0
 

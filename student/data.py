@@ -13,6 +13,7 @@ only.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from typing import Any
 from student.config import DataConfig
 from teacher.core.records import RecordError, iter_record_lines, output_shards
 from teacher.core.rundir import TrainExample
-from teacher.core.tasks import get_task
+from teacher.core.tasks import draw, get_task
 
 
 class StudentError(ValueError):
@@ -35,6 +36,9 @@ class StudentError(ValueError):
 def load_examples(cfg: DataConfig, data_dir: str | Path | None = None) -> list[TrainExample]:
     """The examples of the configured source (before splitting), in source order."""
     examples = _from_teacher(cfg) if cfg.source == "teacher" else _from_ground_truth(cfg, data_dir)
+    if cfg.ids_file is not None:
+        keep = _read_ids(Path(cfg.ids_file))
+        examples = [ex for ex in examples if ex.id in keep]
     if not examples:
         where = cfg.path if cfg.source == "teacher" else f"task {cfg.task!r} split {cfg.split!r}"
         raise StudentError(f"data: no training examples in {where}")
@@ -44,7 +48,7 @@ def load_examples(cfg: DataConfig, data_dir: str | Path | None = None) -> list[T
 def _from_ground_truth(cfg: DataConfig, data_dir: str | Path | None) -> list[TrainExample]:
     try:
         task = get_task(cfg.task)
-        examples = task.load(cfg.split, data_dir, limit=cfg.limit)
+        examples = task.load(cfg.split, data_dir, limit=cfg.limit, sample_seed=cfg.sample_seed)
     except ValueError as exc:
         raise StudentError(f"data.task: {exc}") from exc
     out = []
@@ -63,12 +67,15 @@ def _from_teacher(cfg: DataConfig) -> list[TrainExample]:
         raise StudentError(f"data.path: {exc}") from exc
     out: list[TrainExample] = []
     seen: dict[str, str] = {}
+    rejected: set[str] = set()  # drawn over too, then dropped (see DataConfig.sample_seed)
     for path in paths:
         # The raw line too: data.field may name a field the Record does not declare.
         for where, data, record in iter_record_lines(path):
             if cfg.mode is not None and record.mode != cfg.mode:
                 continue
             if record.status == "rejected" and not cfg.include_rejected:
+                if cfg.sample_seed is not None and record.task == cfg.task:
+                    rejected.add(record.id)
                 continue
             if cfg.field not in data:
                 raise RecordError(f"{where}: record has no field {cfg.field!r} (data.field)")
@@ -88,7 +95,23 @@ def _from_teacher(cfg: DataConfig) -> list[TrainExample]:
     # The job writes records as they finish; in the task's order (ids are zero-padded
     # indices), the same data give the same run and data.limit means the first N.
     out.sort(key=lambda ex: ex.id)
+    if cfg.sample_seed is not None:
+        drawn = set(draw(sorted({ex.id for ex in out} | rejected), cfg.limit, cfg.sample_seed,
+                         id_of=str))
+        return [ex for ex in out if ex.id in drawn]
     return out[: cfg.limit] if cfg.limit is not None else out
+
+
+def _read_ids(path: Path) -> set[str]:
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StudentError(f"data.ids_file: {path} not found") from None
+    except json.JSONDecodeError as exc:
+        raise StudentError(f"data.ids_file: {path}:{exc.lineno}: invalid JSON") from None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise StudentError(f"data.ids_file: {path}: not a JSON list of example ids")
+    return set(ids)
 
 
 # ---------------------------------------------------------------- split and subset

@@ -82,6 +82,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     return run.out
 
 
+def split_seed_of(config: TrainConfig) -> int:
+    """The validation split's seed: data.split_seed, else the training seed."""
+    return config.seed if config.data.split_seed is None else config.data.split_seed
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -125,7 +130,7 @@ class StudentRun:
         except (FileNotFoundError, ValueError) as exc:
             raise StudentError(f"model: {exc}") from exc
         examples = load_examples(cfg.data, cfg.data_dir)
-        train_pool, self.val = split_examples(examples, cfg.data.val_size, cfg.seed)
+        train_pool, self.val = split_examples(examples, cfg.data.val_size, split_seed_of(cfg))
         self.train_examples = take_subset(train_pool, cfg.data.subset, cfg.data.subset_seed)
         self.data_fingerprint = fingerprint(self.train_examples, self.val)
         self.action = check_run_dir(self.out, self.resolved, self.data_fingerprint,
@@ -168,6 +173,8 @@ class StudentRun:
             "num_train_examples": len(self.train_examples),
             "num_val_examples": len(self.val),
             "seed": cfg.seed,
+            "split_seed": split_seed_of(cfg),
+            "sample_seed": cfg.data.sample_seed,
             "device": self.device,
             "precision": self.precision,
             "world_size": self.state.num_processes,

@@ -61,13 +61,40 @@ def build_parser() -> argparse.ArgumentParser:
         "(the first is the default)",
     )
     _add_engine_args(serve)
-    serve.add_argument("--host", default="[::]")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default loopback only); any other address needs "
+        "--token-file or --insecure",
+    )
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without --token-file (a trusted network only)",
+    )
     serve.add_argument(
         "--max-queue",
         type=int,
         default=256,
-        help="requests in flight per model before RESOURCE_EXHAUSTED",
+        help="sequences in flight per model (a request counts prompts x n, a Score its "
+        "items) before RESOURCE_EXHAUSTED",
+    )
+    serve.add_argument(
+        "--max-queue-tokens",
+        type=int,
+        default=524_288,
+        help="tokens (prompt + max_new_tokens, or prompt + completion) in flight per model "
+        "before RESOURCE_EXHAUSTED; 0 = unbounded",
+    )
+    serve.add_argument(
+        "--max-message-mb", type=float, default=16.0, help="largest request accepted (MiB)"
+    )
+    serve.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=0.0,
+        help="seconds before a client connection is asked to reconnect (0: never)",
     )
     serve.add_argument("--tls-cert", help="PEM certificate chain (enables TLS with --tls-key)")
     serve.add_argument("--tls-key", help="PEM private key")
@@ -157,6 +184,8 @@ def _add_generate_parser(sub) -> None:
     )
     gen.add_argument("--out", required=True, help="output directory (JSONL shards)")
     gen.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    gen.add_argument("--sample-seed", type=int, default=None,
+                     help="with --limit: N examples drawn with this seed, not the first N")
     gen.add_argument("--data-dir", default=None, help="benchmark data (default: ../shared/data)")
     gen.add_argument(
         "-n",
@@ -245,19 +274,21 @@ def _server_config(args):
         engine=_engine_settings(args),
         host=args.host,
         port=args.port,
-        limits=Limits(max_queue=args.max_queue),
+        limits=Limits(max_queue=args.max_queue, max_queue_tokens=args.max_queue_tokens),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         token_file=args.token_file,
+        insecure=args.insecure,
         drain_timeout_s=args.drain_timeout,
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        max_connection_age_s=args.max_connection_age,
     )
 
 
 def _serve(args) -> int:
     from teacher.serving.server import serve
 
-    asyncio.run(serve(_server_config(args)))
-    return 0
+    return asyncio.run(serve(_server_config(args)))
 
 
 async def _ask(args) -> int:
@@ -366,6 +397,7 @@ async def _generate(args) -> int:
         mode=args.mode,
         out=Path(args.out),
         limit=args.limit,
+        sample_seed=args.sample_seed,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         num_candidates=args.num_candidates,
         template=args.template,

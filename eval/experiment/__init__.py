@@ -34,6 +34,7 @@ Layout of ``--out``::
     status.json         the live stage / unit / progress (``watch cat`` it)
     experiment.json     what the last invocation did with each unit, and how long it took
     data/<mode>-<model>/  teacher records (distill.record/v1 JSONL shards)
+    data/questions.json   same_questions: the ids every teacher arm produced (every arm's data)
     runs/<arm>[-seed<k>]/ student run directories, with eval/<suite>/results.json
     cache/eval/         eval results per (model, adapter, metric, items)
     report/             report.md, report.json, *.png

@@ -80,12 +80,24 @@ class EvalSettings:
 class ExperimentConfig:
     name: str = ""
     task: str = "gsm8k"  # the target task (train split = the training examples)
-    examples: int = 32  # the first N training examples of the task
+    examples: int = 32  # N training examples of the task (the first N, or drawn: sample_seed)
+    # The seed the N questions are drawn with (teacher.core.tasks.draw), the same for
+    # every arm and training seed; None: the first N in file order (runs made before it).
+    sample_seed: int | None = None
+    # Every arm trains on the same questions: the teacher arms reject what they cannot
+    # produce (fallback reject, unless an arm's generate sets fallback) and the questions
+    # any teacher arm rejected are dropped from every arm (data/questions.json), so arms
+    # differ in response text only. False: each arm trains on what its data job kept.
+    same_questions: bool = False
     data_dir: str | None = None  # default: $DISTILL_DATA_DIR or ../shared/data, else the hub
     student: str = DEFAULT_STUDENT
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
     arms: dict = field(default_factory=dict)  # name -> ArmSettings mapping (None = defaults)
-    seeds: list[int] = field(default_factory=lambda: [42])
+    seeds: list[int] = field(default_factory=lambda: [42])  # training seeds: LoRA init, order
+    # The validation split's seed, so which questions are trained: None = the first of
+    # ``seeds`` for every run (seeds then differ in LoRA init and data order only); an
+    # int; or "seed" = each run's own training seed (how runs were made before it).
+    split_seed: int | str | None = None
     # The student job's config (student.config.TrainConfig) shared by every arm; the
     # experiment sets model, seed and the data source of each arm.
     train: dict = field(default_factory=dict)

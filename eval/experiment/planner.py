@@ -52,18 +52,21 @@ def _data_job(config: ExperimentConfig, arm: ArmSettings) -> DataJob:
     from teacher.distill.job import GenerateConfig
 
     known = GenerateConfig.setting_names()
-    fixed = {"task", "split", "mode", "out", "model", "scorer_model", "limit", "data_dir",
-             "progress"}
+    fixed = {"task", "split", "mode", "out", "model", "scorer_model", "limit", "sample_seed",
+             "data_dir", "progress"}
     for key in arm.generate:
         if key in fixed:
             raise ConfigError(f"arms.*.generate.{key}: set by the experiment")
         if key not in known:
             hint = did_you_mean(key, sorted(known - fixed))
             raise ConfigError(f"arms.*.generate: unknown data-job setting {key!r}{hint}")
-    settings = {"concurrency": config.teacher.concurrency, **arm.generate}
+    generate = dict(arm.generate)
+    if config.same_questions:
+        generate.setdefault("fallback", "reject")  # no reference text in a teacher arm
+    settings = {"concurrency": config.teacher.concurrency, **generate}
     key = f"{arm.kind}-{arm.generator}"
-    if arm.scorer != "student" or arm.generate:
-        blob = json.dumps([arm.scorer, arm.generate], sort_keys=True)
+    if arm.scorer != "student" or generate:
+        blob = json.dumps([arm.scorer, generate], sort_keys=True)
         key += "-" + hashlib.sha256(blob.encode()).hexdigest()[:8]
     return DataJob(key, arm.kind, arm.generator, arm.scorer, settings)
 
@@ -77,10 +80,19 @@ def _train_config(config: ExperimentConfig, plan_data_dir: Path | None, out: Pat
         if key in shared:
             raise ConfigError(f"train.{key}: set by the experiment (student / seeds)")
     data: dict[str, Any] = {**(shared.pop("data", None) or {})}
-    for key in ("source", "path", "task", "split", "limit", "subset", "mode"):
+    for key in ("source", "path", "task", "split", "limit", "subset", "mode", "sample_seed",
+                "ids_file", "split_seed"):
         if key in data:
             raise ConfigError(f"train.data.{key}: set by the experiment and its arms")
     data.update(task=config.task, split="train", limit=config.examples, subset=share)
+    # The new keys only where they are set, so runs made before them keep their config.
+    split = split_seed(config, seed)
+    if split != seed:
+        data["split_seed"] = split
+    if config.sample_seed is not None:
+        data["sample_seed"] = config.sample_seed
+    if config.same_questions:
+        data["ids_file"] = str(questions_file(out))
     if job is None:
         data.update(source="ground_truth", field="reference")
     else:
@@ -96,6 +108,23 @@ def _train_config(config: ExperimentConfig, plan_data_dir: Path | None, out: Pat
     return train
 
 
+QUESTIONS = "questions.json"
+
+
+def questions_file(out: Path) -> Path:
+    """The ids every arm trains on (``same_questions``), written after generate."""
+    return out / "data" / QUESTIONS
+
+
+def split_seed(config: ExperimentConfig, seed: int) -> int:
+    """The validation split's seed of the run with training seed ``seed``."""
+    if config.split_seed is None:
+        return config.seeds[0]
+    if config.split_seed == "seed":
+        return seed
+    return int(config.split_seed)
+
+
 def plan(config: ExperimentConfig, out: Path) -> Plan:
     """Every data job and run the config asks for (raises ConfigError naming the key)."""
     from teacher.core.tasks import default_data_dir, get_task
@@ -106,6 +135,10 @@ def plan(config: ExperimentConfig, out: Path) -> Plan:
         raise ConfigError("seeds: give at least one training seed")
     if len(set(config.seeds)) != len(config.seeds):
         raise ConfigError(f"seeds: repeated seeds in {config.seeds}")
+    if not (config.split_seed is None or config.split_seed == "seed" or (
+            isinstance(config.split_seed, int) and not isinstance(config.split_seed, bool))):
+        raise ConfigError(f"split_seed: an integer, \"seed\" (each run's training seed) or "
+                          f"null (the first of seeds), got {config.split_seed!r}")
     try:
         task = get_task(config.task)
     except ValueError as e:
@@ -155,7 +188,7 @@ def preflight(config: ExperimentConfig, out: Path) -> Plan:
     plan_ = plan(config, out)
     load_suite(config.eval.suite, config.eval.overrides)  # unknown suite / keys
     try:
-        get_task(config.task).load("train", plan_.data_dir, config.examples)
+        get_task(config.task).load("train", plan_.data_dir, config.examples, config.sample_seed)
     except FileNotFoundError as e:
         where = plan_.data_dir or "the hub"
         raise ExperimentError(f"data_dir {where}: no {config.task} train split ({e})") from None
@@ -183,7 +216,33 @@ def job_config(plan_: Plan, job: DataJob, out: Path, progress: bool) -> Any:
     return GenerateConfig.from_settings(
         task=c.task, split="train", mode=job.mode, out=out / "data" / job.key,
         model=job.generator, scorer_model=job.scorer, limit=c.examples,
-        data_dir=plan_.data_dir, progress=progress, **job.settings)
+        sample_seed=c.sample_seed, data_dir=plan_.data_dir, progress=progress, **job.settings)
+
+
+def planned_questions(plan_: Plan) -> list[str]:
+    """The ids of the experiment's training questions (drawn or the first N)."""
+    from teacher.core.tasks import get_task
+
+    c = plan_.config
+    return [e.id for e in get_task(c.task).load("train", plan_.data_dir, c.examples,
+                                                 c.sample_seed)]
+
+
+def common_questions(plan_: Plan, out: Path) -> dict[str, Any]:
+    """The questions every teacher arm produced a response for (its kept records), in
+    task order, and per data job what it dropped: ``same_questions``'s intersection."""
+    from teacher.core.records import iter_records, output_shards
+
+    wanted = planned_questions(plan_)
+    keep = set(wanted)
+    dropped: dict[str, list[str]] = {}
+    for job in plan_.data_jobs.values():
+        kept = {r.id for path in output_shards(out / "data" / job.key)
+                for r in iter_records(path) if r.mode == job.mode and r.status != "rejected"}
+        dropped[job.key] = sorted(keep - kept)
+        keep &= kept
+    return {"ids": [i for i in wanted if i in keep], "planned": len(wanted),
+            "dropped_by": dropped}
 
 
 def data_job_done(config: Any) -> bool:

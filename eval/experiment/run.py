@@ -13,7 +13,13 @@ import yaml
 
 from eval.experiment.config import SCHEMA, ExperimentConfig, ExperimentError
 from eval.experiment.planner import Plan, data_job_done, job_config, preflight
-from eval.experiment.stages import stage_compare, stage_eval, stage_generate, stage_train
+from eval.experiment.stages import (
+    stage_compare,
+    stage_eval,
+    stage_generate,
+    stage_train,
+    write_questions,
+)
 from eval.experiment.status import LiveView, duration, write_json
 from eval.experiment.teacher import check_teacher
 from teacher.core.config import to_dict
@@ -50,6 +56,8 @@ async def _run(plan_: Plan, out: Path, *, progress: bool, quiet: bool) -> dict[s
             await stage_generate(plan_, out, view, progress, pending)
         except JobError as e:
             raise ExperimentError(str(e)) from None
+        if config.same_questions:
+            write_questions(plan_, out, view)
         stage_train(plan_, out, view)
         results = await stage_eval(plan_, out, view, progress)
         report = stage_compare(results, out, view)

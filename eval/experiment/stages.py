@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.experiment.planner import DataJob, Plan, eval_is_current, job_config
+from eval.experiment.planner import (
+    DataJob,
+    Plan,
+    common_questions,
+    eval_is_current,
+    job_config,
+    questions_file,
+)
 from eval.experiment.status import LiveView, duration, write_json
 from eval.experiment.teacher import teacher_client
 
@@ -40,6 +47,27 @@ async def stage_generate(plan_: Plan, out: Path, view: LiveView, progress: bool,
             summary = await run_job(client, job_config(plan_, job, out, progress))
             view.finish(f"data/{job.key}", "ran", started, records=summary["records"],
                         accepted=summary["accepted"], fell_back=summary["fell_back"])
+
+
+def write_questions(plan_: Plan, out: Path, view: LiveView) -> dict[str, Any]:
+    """``same_questions``: the ids every teacher arm produced (data/questions.json, the
+    student's data.ids_file); rewritten only when they change."""
+    common = common_questions(plan_, out)
+    path = questions_file(out)
+    text = json.dumps(common["ids"], indent=0) + "\n"
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    dropped = "; ".join(f"{key} rejected {len(ids)}" for key, ids in common["dropped_by"].items()
+                        if ids)
+    view.say(f"  same questions: {len(common['ids'])} of {common['planned']} for every arm"
+             + (f" ({dropped})" if dropped else ""))
+    if not common["ids"]:
+        from eval.experiment.config import ExperimentError
+
+        raise ExperimentError(f"same_questions: no question was produced by every teacher arm "
+                              f"({dropped}); see the data jobs' summaries in {out / 'data'}")
+    return common
 
 
 def stage_train(plan_: Plan, out: Path, view: LiveView) -> None:

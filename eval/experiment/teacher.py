@@ -29,7 +29,8 @@ async def teacher_client(plan_: Plan, needed: set[str]) -> AsyncIterator[Any]:
     served = served_models(plan_.config)
     engine = t.engine_settings()
     async with local_teacher([f"{name}={served[name]}" for name in served if name in needed],
-                             engine, Limits(max_queue=4096), timeout_s=None) as (client, _):
+                             engine, Limits(max_queue=4096, max_queue_tokens=0),
+                             timeout_s=None) as (client, _):
         yield client
 
 

@@ -13,6 +13,8 @@ metric is adding a module here (and its test).
 * ``reference_ppl`` (over-memorization): perplexity of the gsm8k test references;
 * ``train_ppl``: perplexity of the run's training responses under the base model;
 * ``fit``: final train loss, validation loss and their gap.
+* ``bbh_mc`` (forgetting): BIG-Bench-Hard accuracy by option log-likelihood (no
+  generation), the 23 multiple-choice subtasks, with exact intervals.
 """
 
 from __future__ import annotations

@@ -84,6 +84,9 @@ class Measure:
     field: str
     where: tuple[tuple[str, Any], ...] = ()
     description: str = ""
+    # A proportion of 0/1 items ("mean" of a binary field): its interval is the exact
+    # (Clopper–Pearson) one of k/n, which stays honest at 0/n and n/n.
+    exact: bool = False
 
     def select(self, items: Sequence[Item]) -> list[Item]:
         return [it for it in items if all(it.get(k) == v for k, v in self.where)]

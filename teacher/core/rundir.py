@@ -170,9 +170,18 @@ def _remove_partial_checkpoints(run_dir: Path) -> None:
 # ---------------------------------------------------------------- the writer
 
 
+# Data settings added after runs were made; at None they select what runs made before
+# them did, so a run without them is the same run (and still resumes).
+_ADDED_DATA_KEYS = ("sample_seed", "ids_file", "split_seed")
+
+
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     # Where the data and run live may move between attempts; what is trained may not.
-    return {k: v for k, v in config.items() if k not in ("data_dir", "cache_dir")}
+    out = {k: v for k, v in config.items() if k not in ("data_dir", "cache_dir")}
+    if isinstance(out.get("data"), dict):
+        out["data"] = {k: v for k, v in out["data"].items()
+                       if not (k in _ADDED_DATA_KEYS and v is None)}
+    return out
 
 
 def check_run_dir(out: Path, config: dict[str, Any], data_fingerprint: str, *,

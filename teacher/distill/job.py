@@ -75,6 +75,9 @@ class GenerateConfig:
     model: str = ""  # generator name on the server ("" = its default)
     scorer_model: str = ""  # "" = the generator
     limit: int | None = None
+    # None: the first ``limit`` examples in file order; a seed: ``limit`` examples drawn
+    # with it (teacher.core.tasks.draw), the draw the student and experiment make too.
+    sample_seed: int | None = None
     data_dir: Path | None = None
     num_candidates: int = 0  # 0 = the mode default
     template: str = ""
@@ -416,7 +419,7 @@ def load_examples(config: GenerateConfig) -> list[Example]:
     if task.output_type != "generate_until":
         raise JobError(f"task {task.name!r} has no answers to distill (it is scored on "
                        "perplexity); use gsm8k or bbh/<subtask>")
-    examples = task.load(config.split, config.data_dir, config.limit)
+    examples = task.load(config.split, config.data_dir, config.limit, config.sample_seed)
     return [e for e in examples if config.owns(e.id)]
 
 

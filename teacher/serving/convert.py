@@ -105,14 +105,7 @@ def score_items_from_pb(items) -> list[ScoreItem]:
 
 
 def provenance_to_pb(p: Provenance) -> pb.Provenance:
-    return pb.Provenance(
-        model=p.model,
-        revision=p.revision,
-        engine=p.engine,
-        engine_version=p.engine_version,
-        seed=p.seed,
-        request_id=p.request_id,
-    )
+    return _to_shared(p, pb.Provenance)
 
 
 def logprobs_to_pb(entries) -> list[pb.TokenLogprob]:
@@ -187,7 +180,7 @@ def logprobs_from_pb(entries) -> list[LogprobEntry]:
 
 
 def provenance_from_pb(p: pb.Provenance) -> Provenance:
-    return Provenance(p.model, p.revision, p.engine, p.engine_version, p.seed, p.request_id)
+    return _from_shared(p, Provenance)
 
 
 def generate_event_from_pb(message: pb.GenerateResponse) -> SampleChunk | SampleResult:
@@ -285,25 +278,11 @@ DISTILL_MODE_FROM_PB = {v: k for k, v in DISTILL_MODE_TO_PB.items()}
 
 
 def example_to_pb(example: Example) -> pb.TaskExample:
-    return pb.TaskExample(
-        id=example.id,
-        task=example.task,
-        split=example.split,
-        question=example.question,
-        reference=example.answer,
-        target=example.target,
-    )
+    return _to_shared(example, pb.TaskExample, reference=example.answer)
 
 
 def example_from_pb(example: pb.TaskExample) -> Example:
-    return Example(
-        id=example.id,
-        task=example.task,
-        split=example.split,
-        question=example.question,
-        answer=example.reference,
-        target=example.target,
-    )
+    return _from_shared(example, Example, answer=example.reference)
 
 
 def distill_request_to_pb(example: Example, options: DistillOptions) -> pb.DistillRequest:

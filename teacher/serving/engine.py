@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, runtime_checkable
 
@@ -136,6 +136,11 @@ class Engine(Protocol):
 
     async def abort(self, request_id: str) -> None:
         """Stop a running request and free its slot; unknown ids are ignored."""
+
+    def on_failure(self, callback: Callable[[BaseException], None]) -> None:
+        """Call ``callback`` once when the engine stops serving by itself (a background
+        task died beyond restart, the device failed): the model turns NOT_SERVING.
+        Engines run background tasks under ``teacher.serving.supervision.Supervisor``."""
 
     async def shutdown(self) -> None: ...
 

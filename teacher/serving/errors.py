@@ -21,3 +21,13 @@ class ResourceExhausted(TeacherError):
 
 class EngineUnavailable(TeacherError):
     """The engine failed or is shutting down; the model is not serving."""
+
+
+ECHO_CHARS = 64  # of a caller's value quoted back in an error message
+
+
+def clip(value: object, limit: int = ECHO_CHARS) -> str:
+    """A caller's value as quoted in an error: at most ``limit`` characters, so a huge
+    input cannot make a status message too large for the caller's metadata limit."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -11,18 +11,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import math
 import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from teacher.serving.engine import Engine, EngineRequest, ModelInfo, ScoreInput
-from teacher.serving.errors import EngineUnavailable, InvalidArgument, ResourceExhausted
+from teacher.serving.errors import EngineUnavailable, InvalidArgument, ResourceExhausted, clip
 from teacher.serving.sampling import SamplingParams
-from teacher.serving.tokenization import PromptInput, PromptTokenizer, StreamDecoder
+from teacher.serving.tokenization import (
+    PromptInput,
+    PromptTokenizer,
+    StreamDecoder,
+    prompt_chars,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +49,11 @@ class Limits:
     max_top_logprobs: int = 20
     max_batch_prompts: int = 1024
     max_score_items: int = 1024
-    max_queue: int = 256  # admitted requests per model; more is RESOURCE_EXHAUSTED
+    # Admission, per model: sequences in flight (a Generate counts n, a GenerateBatch
+    # prompts x n, a Score its items) and their tokens (prompt + max_new_tokens, or
+    # prompt + completion); beyond either, RESOURCE_EXHAUSTED.
+    max_queue: int = 256
+    max_queue_tokens: int = 524_288
     # Scored (prompt, completion) pairs remembered per model: a data job scores each
     # reference once per mode, and the engine's output for the same tokens is the same.
     score_cache_items: int = 4096
@@ -130,8 +141,8 @@ class ServedModelInfo(ModelInfo):
 @dataclass(frozen=True)
 class ModelLoad:
     model: str
-    running: int  # admitted requests being served
-    waiting: int  # admitted requests not yet started by the engine
+    running: int  # admitted sequences (and score items) the engine is working on
+    waiting: int  # admitted sequences not yet started by the engine
     max_queue: int
 
 
@@ -152,35 +163,52 @@ def summarize_logprobs(
 
 
 class ModelHost:
-    """One named model: its engine and its admission counter."""
+    """One named model: its engine and its admission counters."""
 
-    def __init__(self, name: str, engine: Engine, max_queue: int):
+    def __init__(self, name: str, engine: Engine, max_queue: int, max_queue_tokens: int = 0):
         self.name = name
         self.engine = engine
-        self.max_queue = max_queue
-        self.admitted = 0  # in flight now
-        self.served = 0  # admitted since start
+        self.max_queue = max_queue  # sequences in flight
+        self.max_queue_tokens = max_queue_tokens  # their tokens; 0 = unbounded
+        self.admitted = 0  # sequences in flight now
+        self.admitted_tokens = 0
+        self.served = 0  # requests admitted since start
         self.healthy = False
         self.score_cache: collections.OrderedDict[tuple, list[float]] = (
             collections.OrderedDict())
+        # Tokenizing (and chat templating) is CPU work that must not stall the event
+        # loop; one thread per model, as Hugging Face tokenizers are not re-entrant.
+        self.tokenize_executor = ThreadPoolExecutor(1, thread_name_prefix=f"tokenize-{name}")
 
     @property
     def info(self) -> ModelInfo:
         return self.engine.info()
 
     @contextlib.contextmanager
-    def admit(self):
-        if self.admitted >= self.max_queue:
+    def admit(self, sequences: int = 1, tokens: int = 0):
+        """Hold ``sequences`` sequences of ``tokens`` tokens in all while in flight."""
+        if sequences > self.max_queue or (self.max_queue_tokens and tokens > self.max_queue_tokens):
             raise ResourceExhausted(
-                f"model {self.name!r} has {self.admitted} requests in flight "
-                f"(max_queue={self.max_queue}); retry later"
+                f"this request needs {sequences} sequences ({tokens} tokens), more than model "
+                f"{self.name!r} admits at once (max_queue={self.max_queue}, max_queue_tokens="
+                f"{self.max_queue_tokens}); split it into smaller requests"
             )
-        self.admitted += 1
+        if self.admitted + sequences > self.max_queue or (
+            self.max_queue_tokens and self.admitted_tokens + tokens > self.max_queue_tokens
+        ):
+            raise ResourceExhausted(
+                f"model {self.name!r} has {self.admitted} sequences ({self.admitted_tokens} "
+                f"tokens) in flight (max_queue={self.max_queue}, max_queue_tokens="
+                f"{self.max_queue_tokens}); retry later"
+            )
+        self.admitted += sequences
+        self.admitted_tokens += tokens
         self.served += 1
         try:
             yield
         finally:
-            self.admitted -= 1
+            self.admitted -= sequences
+            self.admitted_tokens -= tokens
 
 
 class TeacherService:
@@ -191,6 +219,7 @@ class TeacherService:
         self.default = hosts[0].name
         self.limits = limits or Limits()
         self.draining = False
+        self.failed: list[str] = []  # models whose engine failed (they stay NOT_SERVING)
         self._health_listeners: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------ lifecycle
@@ -199,12 +228,15 @@ class TeacherService:
         for host in self.hosts.values():
             await host.engine.start()
             host.healthy = True
+            host.engine.on_failure(functools.partial(self._engine_failed, host))
         self._notify()
 
     async def shutdown(self) -> None:
+        self.draining = True  # an orderly stop: engines ending now have not failed
         for host in self.hosts.values():
             host.healthy = False
             await host.engine.shutdown()
+            host.tokenize_executor.shutdown(wait=False, cancel_futures=True)
         self._notify()
 
     @property
@@ -230,9 +262,11 @@ class TeacherService:
             listener()
 
     def _engine_failed(self, host: ModelHost, exc: BaseException) -> None:
-        if host.healthy:
+        """The engine reported it stopped serving (see ``Engine.on_failure``)."""
+        if host.healthy and not self.draining:
             log.error("engine of model %r failed: %s; marking it NOT_SERVING", host.name, exc)
             host.healthy = False
+            self.failed.append(host.name)
             self._notify()
 
     # ------------------------------------------------------------ lookups
@@ -241,7 +275,9 @@ class TeacherService:
         name = model or self.default
         host = self.hosts.get(name)
         if host is None:
-            raise InvalidArgument("model", f"unknown model {name!r}; serving {sorted(self.hosts)}")
+            raise InvalidArgument(
+                "model", f"unknown model {clip(name)!r}; serving {sorted(self.hosts)}"
+            )
         if not host.healthy:
             raise EngineUnavailable(f"model {name!r} is not serving")
         if self.draining:
@@ -264,7 +300,7 @@ class TeacherService:
             host = self.hosts.get(name)
             if host is None:
                 raise InvalidArgument(
-                    "model", f"unknown model {name!r}; serving {sorted(self.hosts)}"
+                    "model", f"unknown model {clip(name)!r}; serving {sorted(self.hosts)}"
                 )
             load = host.engine.load()
             waiting = max(load.waiting, host.admitted - load.running)
@@ -274,13 +310,41 @@ class TeacherService:
     # ------------------------------------------------------------ tokenize
 
     def tokenize(self, model: str, prompt: PromptInput, field_name: str = "prompt") -> list[int]:
+        """For in-process callers (blocks while tokenizing); the RPCs use ``encode``."""
         host = self.host(model)
         return self._encode_prompt(host, prompt, field_name)
+
+    async def encode(
+        self, model: str, prompt: PromptInput, field_name: str = "prompt"
+    ) -> list[int]:
+        """``tokenize`` off the event loop."""
+        host = self.host(model)
+        return await self._encode_off_loop(host, prompt, field_name)
+
+    async def _encode_off_loop(
+        self, host: ModelHost, prompt: PromptInput, field_name: str
+    ) -> list[int]:
+        self._check_prompt(host, prompt, field_name)  # cheap checks first, on the loop
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            host.tokenize_executor, functools.partial(
+                self._encode_prompt, host, prompt, field_name, checked=True)
+        )
+
+    async def _encode_completion(self, host: ModelHost, text: str) -> list[int]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            host.tokenize_executor, host.engine.tokenizer.encode_completion, text
+        )
 
     def token_strings(self, model: str, ids: Sequence[int]) -> list[str]:
         return self.host(model).engine.tokenizer.token_strings(ids)
 
-    def _encode_prompt(self, host: ModelHost, prompt: PromptInput, field_name: str) -> list[int]:
+    def _check_prompt(self, host: ModelHost, prompt: PromptInput, field_name: str,
+                      extra_chars: int = 0) -> None:
+        """What can be checked without tokenizing: non-empty, known roles, and a text
+        length no tokenization could fit into the context (a 10 MB prompt is refused
+        here in microseconds instead of tying a tokenizer up for seconds)."""
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidArgument(field_name, "empty prompt")
@@ -292,8 +356,21 @@ class TeacherService:
                 if role not in ("system", "user", "assistant", "tool"):
                     raise InvalidArgument(
                         f"{field_name}.chat.messages[{i}].role",
-                        f"unknown role {role!r}; use system, user, assistant or tool",
+                        f"unknown role {clip(role)!r}; use system, user, assistant or tool",
                     )
+        chars = prompt_chars(prompt) + extra_chars
+        context = host.info.context_length
+        if host.engine.tokenizer.min_tokens(chars) >= context:
+            raise InvalidArgument(
+                field_name,
+                f"{chars} characters cannot fit the context length of {host.name!r} "
+                f"({context} tokens)",
+            )
+
+    def _encode_prompt(self, host: ModelHost, prompt: PromptInput, field_name: str,
+                       checked: bool = False) -> list[int]:
+        if not checked:
+            self._check_prompt(host, prompt, field_name)
         try:
             ids = host.engine.tokenizer.encode_prompt(prompt)
         except ValueError as exc:  # e.g. no chat template
@@ -364,7 +441,7 @@ class TeacherService:
             logprobs=params.logprobs or params.top_logprobs > 0,
         )
 
-    def prepare_generation(
+    async def prepare_generation(
         self,
         model: str,
         prompts: Sequence[PromptInput],
@@ -380,7 +457,7 @@ class TeacherService:
                 if len(prompts) == 1 and prompt_field == "prompt"
                 else (f"{prompt_field}[{i}]")
             )
-            ids = self._encode_prompt(host, prompt, name)
+            ids = await self._encode_off_loop(host, prompt, name)
             context = host.info.context_length
             if len(ids) + params.max_new_tokens > context:
                 raise InvalidArgument(
@@ -396,9 +473,9 @@ class TeacherService:
     ) -> AsyncIterator[SampleChunk | SampleResult]:
         """Stream chunks and one final result per sample (merged over ``n``)."""
         received = time.perf_counter()
-        host, (ids,), params = self.prepare_generation(model, [prompt], params)
+        host, (ids,), params = await self.prepare_generation(model, [prompt], params)
         request_id = request_id or uuid.uuid4().hex
-        with host.admit():
+        with host.admit(params.n, params.n * (len(ids) + params.max_new_tokens)):
             times = (received, time.perf_counter())
             if params.n == 1:
                 async for event in self._sample(host, ids, params, 0, request_id, times):
@@ -442,7 +519,7 @@ class TeacherService:
             raise InvalidArgument(
                 "prompts", f"{len(prompts)} prompts, at most {self.limits.max_batch_prompts}"
             )
-        host, encoded, params = self.prepare_generation(model, prompts, params, "prompts")
+        host, encoded, params = await self.prepare_generation(model, prompts, params, "prompts")
         request_id = request_id or uuid.uuid4().hex
 
         async def run(p: int, index: int, times: tuple[float, float]) -> SampleResult:
@@ -455,7 +532,8 @@ class TeacherService:
             assert final is not None
             return final
 
-        with host.admit():
+        tokens = sum(params.n * (len(ids) + params.max_new_tokens) for ids in encoded)
+        with host.admit(len(encoded) * params.n, tokens):
             times = (received, time.perf_counter())
             flat = await asyncio.gather(
                 *(run(p, i, times) for p in range(len(prompts)) for i in range(params.n))
@@ -523,9 +601,6 @@ class TeacherService:
                 except TimeoutError:
                     result.stop_reason = "time_limit"
             finished = True
-        except EngineUnavailable as exc:
-            self._engine_failed(host, exc)
-            raise
         finally:
             if not finished:  # cancelled by the caller or failed: free the engine slot
                 with contextlib.suppress(Exception):
@@ -580,10 +655,11 @@ class TeacherService:
         inputs = []
         context = host.info.context_length
         for i, item in enumerate(items):
-            prompt_ids = self._encode_prompt(host, item.prompt, f"items[{i}].prompt")
             if not item.completion:
                 raise InvalidArgument(f"items[{i}].completion", "empty completion")
-            completion_ids = tokenizer.encode_completion(item.completion)
+            self._check_prompt(host, item.prompt, f"items[{i}]", len(item.completion))
+            prompt_ids = await self._encode_off_loop(host, item.prompt, f"items[{i}].prompt")
+            completion_ids = await self._encode_completion(host, item.completion)
             if len(prompt_ids) + len(completion_ids) > context:
                 raise InvalidArgument(
                     f"items[{i}]",
@@ -594,12 +670,9 @@ class TeacherService:
         keys = [(tuple(i.prompt_ids), tuple(i.completion_ids)) for i in inputs]
         cache = host.score_cache
         missing = [k for k, key in enumerate(keys) if key not in cache]
-        with host.admit():
-            try:
-                computed = await host.engine.score([inputs[k] for k in missing]) if missing else []
-            except EngineUnavailable as exc:
-                self._engine_failed(host, exc)
-                raise
+        tokens = sum(len(inputs[k].prompt_ids) + len(inputs[k].completion_ids) for k in missing)
+        with host.admit(len(missing), tokens):
+            computed = await host.engine.score([inputs[k] for k in missing]) if missing else []
         fresh = dict(zip(missing, computed, strict=True))
         all_logprobs = [fresh[k] if k in fresh else cache[key] for k, key in enumerate(keys)]
         for k, key in enumerate(keys):  # most recently used last; oldest evicted
@@ -643,9 +716,6 @@ class TeacherService:
         """Logprob of every completion token of token-id (prompt, completion) pairs, for
         callers that cut their own token windows (rolling-window perplexity)."""
         host = self.host(model)
-        with host.admit():
-            try:
-                return await host.engine.score(list(items))
-            except EngineUnavailable as exc:
-                self._engine_failed(host, exc)
-                raise
+        tokens = sum(len(i.prompt_ids) + len(i.completion_ids) for i in items)
+        with host.admit(len(items), tokens):
+            return await host.engine.score(list(items))

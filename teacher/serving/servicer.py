@@ -20,12 +20,16 @@ from teacher.serving.errors import (
     InvalidArgument,
     ResourceExhausted,
     TeacherError,
+    clip,
 )
 from teacher.serving.service import SampleResult, TeacherService
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_KEYS = ("x-request-id", "x-correlation-id")
+# A status message is sent as metadata: keep it well under clients' default 8 KB
+# metadata limit whatever a caller sent (values are also clipped where quoted).
+MAX_DETAILS_CHARS = 1024
 
 # The one place where exceptions become status codes.
 STATUS_FOR = {
@@ -58,13 +62,16 @@ async def rpc_scope(context: grpc.aio.ServicerContext, method: str):
         yield request_id
     except TeacherError as exc:
         code = status_for(exc)
-        log.info("%s [%s] -> %s: %s", method, request_id, code.name, exc)
-        await context.abort(code, str(exc))
+        details = clip(exc, MAX_DETAILS_CHARS)
+        log.info("%s [%s] -> %s: %s", method, request_id, code.name, clip(details, 200))
+        await context.abort(code, details)
     except (grpc.aio.AbortError, grpc.aio.UsageError):
         raise
     except Exception as exc:  # a bug: report it without killing the server
         log.exception("%s [%s] failed", method, request_id)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+        await context.abort(
+            grpc.StatusCode.INTERNAL, clip(f"internal error: {exc}", MAX_DETAILS_CHARS)
+        )
 
 
 class TeacherServicer(pb_grpc.TeacherServicer):
@@ -114,7 +121,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
     async def Tokenize(self, request: pb.TokenizeRequest, context):
         async with rpc_scope(context, "Tokenize") as request_id:
             prompt = convert.prompt_from_pb(request.prompt)
-            ids = self.service.tokenize(request.model, prompt)
+            ids = await self.service.encode(request.model, prompt)
             tokens = self.service.token_strings(request.model, ids) if request.return_tokens else []
             host = self.service.host(request.model)
             return pb.TokenizeResponse(

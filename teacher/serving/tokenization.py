@@ -10,6 +10,13 @@ ChatMessage = dict[str, str]  # {"role": ..., "content": ...}
 PromptInput = str | Sequence[ChatMessage]
 
 
+def prompt_chars(prompt: PromptInput) -> int:
+    """Characters of text in a prompt (a chat template only adds to them)."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    return sum(len(m.get("content", "")) for m in prompt)
+
+
 class PromptTokenizer:
     """Wraps a Hugging Face tokenizer with the project's prompt conventions.
 
@@ -21,6 +28,23 @@ class PromptTokenizer:
 
     def __init__(self, hf_tokenizer: Any):
         self.hf = hf_tokenizer
+        self._max_token_chars: int | None = None
+
+    @property
+    def max_token_chars(self) -> int:
+        """An upper bound on the characters one token stands for: the longest vocabulary
+        entry (byte-level and sentencepiece entries are at least as long as their text),
+        doubled as slack for normalizers that drop characters. 0: unknown."""
+        if self._max_token_chars is None:
+            vocab = self.hf.get_vocab() if hasattr(self.hf, "get_vocab") else {}
+            self._max_token_chars = 2 * max((len(t) for t in vocab), default=0)
+        return self._max_token_chars
+
+    def min_tokens(self, chars: int) -> int:
+        """Fewest tokens ``chars`` characters of text can become (0 when unknown): a
+        bound checked before tokenizing, so oversized text costs no tokenizer time."""
+        per_token = self.max_token_chars
+        return chars // per_token if per_token else 0
 
     @classmethod
     def from_pretrained(cls, path: str) -> PromptTokenizer:

@@ -40,7 +40,8 @@ def test_every_metric_through_the_loop(served, tiny_model, tmp_path, data_dir):
     for name in ("gsm8k/flexible_extract", "gsm8k/strict_match", "gsm8k/truncated",
                  "bbh/exact_match", "bbh/boolean_expressions/exact_match",
                  "wikitext/bits_per_byte", "memorization/half_response/train/rouge_l",
-                 "reference_ppl/gsm8k", "train_ppl", "fit/gap"):
+                 "reference_ppl/gsm8k", "train_ppl", "fit/gap", "bbh_mc/acc",
+                 "bbh_mc/date_understanding/acc"):
         assert name in metrics, name
     gsm = metrics["gsm8k/flexible_extract"]  # the headline
     assert gsm["group"] == "target"
@@ -52,7 +53,10 @@ def test_every_metric_through_the_loop(served, tiny_model, tmp_path, data_dir):
                               "gap": pytest.approx(0.5)}
     summary = results["summary"]
     assert list(summary) == ["target_gain", "forgetting", "memorization_increase"]
-    assert list(summary["forgetting"]) == ["bbh", "wikitext", "overall"]
+    assert list(summary["forgetting"]) == ["bbh", "wikitext", "bbh_mc", "overall"]
+    mc = metrics["bbh_mc/acc"]  # scored options on the served model: an exact interval of k/n
+    assert mc["n"] == 4 and mc["method"] == "Clopper-Pearson" and mc["higher_is_better"]
+    assert mc["ci"][0] <= mc["value"] <= mc["ci"][1] and mc["ci"][1] - mc["ci"][0] > 0.3
     assert summary["target_gain"]["value"] == pytest.approx(100 * gsm["delta"]["value"])
     assert set(summary["memorization_increase"]) == {"question", "half_response"}
     assert results["checkpoints"][0]["step"] == 2
@@ -62,6 +66,9 @@ def test_every_metric_through_the_loop(served, tiny_model, tmp_path, data_dir):
     assert {(r["metric"], r["subject"]) for r in rows} >= {
         ("gsm8k", "checkpoint-2"), ("reference_ppl", "checkpoint-2"), ("train_ppl", "model")}
     assert not any(r["subject"] == "checkpoint-2" and r["metric"] == "bbh" for r in rows)
+    mc_rows = [r for r in rows if r["metric"] == "bbh_mc" and r["subject"] == "model"]
+    assert len(mc_rows) == 4 and all(len(r["loglikelihoods"]) == len(r["options"]) >= 2
+                                     and r["acc"] in (0.0, 1.0) for r in mc_rows)
 
     again = runner.run_eval_sync(str(tiny_model), load_suite("smoke"), tmp_path / "again",
                                  adapter=run, data_dir=data_dir,

@@ -86,6 +86,72 @@ def test_ground_truth_source(data_dir):
     assert got[0].prompt[-1]["role"] == "user"
 
 
+def test_seeded_draw_is_reproducible_and_not_file_order(data_dir):
+    first = load_examples(load_train_config(None, ["data.limit=8"]).data, data_dir)
+    cfg = load_train_config(None, ["data.limit=8", "data.sample_seed=3"])
+    drawn = load_examples(cfg.data, data_dir)
+    again = load_examples(load_train_config(None, ["data.limit=8", "data.sample_seed=3"]).data,
+                          data_dir)
+    other = load_examples(load_train_config(None, ["data.limit=8", "data.sample_seed=4"]).data,
+                          data_dir)
+    ids = [e.id for e in drawn]
+    assert ids == [e.id for e in again] and len(ids) == 8
+    assert ids == sorted(ids)  # file order kept
+    assert set(ids) != {e.id for e in first} and set(ids) != {e.id for e in other}
+    # Nested in N: the 8 drawn are among the 16 drawn with the same seed.
+    more = load_examples(load_train_config(None, ["data.limit=16", "data.sample_seed=3"]).data,
+                         data_dir)
+    assert set(ids) <= {e.id for e in more}
+
+
+def test_sample_seed_draws_the_questions_the_student_draws(tmp_path, data_dir):
+    from teacher.distill.job import GenerateConfig
+    from teacher.distill.job import load_examples as job_examples
+
+    def job(**settings) -> list[str]:
+        config = GenerateConfig.from_settings(task="gsm8k", split="train", mode="trace",
+                                              out=tmp_path, data_dir=data_dir, **settings)
+        return [e.id for e in job_examples(config)]
+
+    drawn = job(limit=6, sample_seed=11)
+    assert drawn == job(limit=6, sample_seed=11) != job(limit=6)
+    assert job(limit=6) == [f"gsm8k/train/{i:06d}" for i in range(6)]  # None: the first N
+    gt = load_train_config(None, ["data.limit=6", "data.sample_seed=11"])
+    assert [e.id for e in load_examples(gt.data, data_dir)] == drawn
+
+
+def test_teacher_arms_draw_the_same_questions_as_ground_truth(tmp_path):
+    # The same seed over a teacher directory draws the same ids as over the task
+    # (records cover the split here); a rejected question is dropped, not replaced.
+    from teacher.core.tasks import draw
+
+    ids = [f"gsm8k/train/{i:06d}" for i in range(30)]
+    want = draw(ids, 10, 7, id_of=str)
+    rows = [record(i) for i in range(30)]
+    rejected = want[2]
+    rows[int(rejected[-6:])] = record(int(rejected[-6:]), status="rejected", response="")
+    write_records(tmp_path / "out", rows)
+    got = load_examples(teacher_cfg(tmp_path / "out", "data.limit=10",
+                                    "data.sample_seed=7").data)
+    assert [e.id for e in got] == [i for i in want if i != rejected]
+    first = load_examples(teacher_cfg(tmp_path / "out", "data.limit=10").data)
+    assert [e.id for e in first] == [i for i in ids if i != rejected][:10]  # today's: first N
+
+
+def test_ids_file_keeps_only_the_listed_questions(tmp_path):
+    write_records(tmp_path / "out", [record(i) for i in range(5)])
+    (tmp_path / "ids.json").write_text(json.dumps(["gsm8k/train/000001", "gsm8k/train/000003"]))
+    def load(name: str) -> list[TrainExample]:
+        return load_examples(teacher_cfg(tmp_path / "out", f"data.ids_file={tmp_path / name}").data)
+
+    assert [e.id for e in load("ids.json")] == ["gsm8k/train/000001", "gsm8k/train/000003"]
+    with pytest.raises(StudentError, match=r"data\.ids_file: .*not found"):
+        load("no.json")
+    (tmp_path / "bad.json").write_text('{"a": 1}')
+    with pytest.raises(StudentError, match="not a JSON list"):
+        load("bad.json")
+
+
 # ---------------------------------------------------------------- bad data
 
 

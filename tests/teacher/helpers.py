@@ -80,6 +80,9 @@ class ScriptedEngine:
     async def abort(self, request_id: str) -> None:
         pass
 
+    def on_failure(self, callback) -> None:
+        pass  # nothing runs in the background
+
     async def shutdown(self) -> None:
         pass
 

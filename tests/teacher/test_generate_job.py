@@ -123,7 +123,7 @@ def test_flat_sampling_settings_make_up_the_job_sampling(tmp_path):
     job = json.loads((tmp_path / "job.json").read_text())
     assert job["pinned"]["seed"] == 3
     assert list(job["settings"]) == [
-        "task", "split", "mode", "out", "model", "scorer_model", "limit", "data_dir",
+        "task", "split", "mode", "out", "model", "scorer_model", "limit", "sample_seed", "data_dir",
         "num_candidates", "template", "temperature", "top_p", "max_new_tokens", "seed",
         "ppl_threshold", "require_correct", "fallback", "concurrency", "shard_size",
         "num_workers", "worker_index", "dedup", "near_dup_threshold", "timeout_s", "progress"]
@@ -352,3 +352,4 @@ async def test_workers_write_disjoint_shards_then_one_run_finalizes(server, data
     assert final.returncode == 0 and f"{limit} already in" in stderr.decode()
     assert json.loads((out / "summary.json").read_text())["records"] == limit
     assert sorted(r.id for r in read_records(out)) == ids
+

@@ -75,3 +75,14 @@ def test_bad_manifest_names_the_file(tmp_path):
     (tmp_path / rundir.MANIFEST).write_text("{")
     with pytest.raises(RunDirError, match=r"manifest\.json:1: invalid JSON"):
         rundir.read_manifest(tmp_path)
+
+
+def test_a_run_made_before_the_design_keys_still_resumes(tmp_path):
+    # data.sample_seed / ids_file / split_seed at None select what runs before them did.
+    out, _, _ = fresh_run(tmp_path, config={"seed": 1, "data": {"limit": 4}})
+    new = {"seed": 1, "data": {"limit": 4, "sample_seed": None, "ids_file": None,
+                               "split_seed": None}}
+    assert rundir.check_run_dir(out, new, "fp", resume=True, overwrite=False) == "resume"
+    with pytest.raises(RunDirError, match=r"config differs .* \['data'\]"):
+        rundir.check_run_dir(out, {**new, "data": {**new["data"], "sample_seed": 0}}, "fp",
+                             resume=True, overwrite=False)

@@ -43,6 +43,7 @@ SHIPPED_DIGESTS = {
     "gsm8k-sdft-rewrite@v1": "81d4a6322b49a921",
     "gsm8k-sdft-rewrite@v2": "03950c847692d99d",
     "bbh-sdft-rewrite@v1": "42af956aeaaf4621",
+    "bbh-zeroshot@v1": "f0c7e5d9fa0a18c1",
 }
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from teacher.core.tasks.base import Example, Task
+from teacher.core.tasks.base import Example, Task, draw
 from teacher.core.tasks.bbh import (
     BBH_COT_FEWSHOT_METRIC,
     BBH_COT_ZEROSHOT_METRIC,
@@ -95,6 +95,7 @@ __all__ = [
     "bbh_cot_zeroshot_strict_match",
     "bbh_flexible_extract",
     "default_data_dir",
+    "draw",
     "exact_match",
     "get_task",
     "gsm8k_boxed_flexible_extract",

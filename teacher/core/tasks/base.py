@@ -10,17 +10,19 @@ loading hooks (``_load_local``, ``_load_hub``, ``_example``) and, for a
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from teacher.core.tasks.data import PathLike, resolve_data_dir
 from teacher.core.tasks.filters import INVALID, canonical_answer
 from teacher.core.templates import Template, get_template
 
 Messages = list[dict[str, str]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,27 @@ class Example:
     # wikitext the tokenized page, on which lm-eval counts words and bytes for
     # word/byte perplexity (see wikitext_units). Empty otherwise.
     raw: str = ""
+
+
+def draw_rank(item_id: str, seed: int) -> str:
+    """The seeded sort key of :func:`draw` (salted apart from the validation split's)."""
+    return hashlib.sha256(f"draw:{seed}:{item_id}".encode()).hexdigest()
+
+
+def draw(items: Sequence[T], n: int | None, seed: int,
+         id_of: Callable[[T], str] | None = None) -> list[T]:
+    """A seeded draw of ``n`` of ``items`` (all if ``n`` is None), kept in their order.
+
+    The ``n`` items whose id has the smallest seeded hash: the draw depends on the ids
+    only, so it is the same whoever draws (data job, student, experiment), nested in
+    ``n`` (the first 20 drawn are among the first 40) and, from any superset that
+    holds them, the same items.
+    """
+    if n is None or n >= len(items):
+        return list(items)
+    key = id_of or (lambda item: item.id)  # Example, TrainExample, Record
+    keep = set(sorted(range(len(items)), key=lambda i: draw_rank(key(items[i]), seed))[:n])
+    return [item for i, item in enumerate(items) if i in keep]
 
 
 def target_of(target: str | Example) -> tuple[str, Example | None]:
@@ -79,9 +102,11 @@ class Task(ABC):
     # ---- loading
 
     def load(
-        self, split: str, data_dir: PathLike | None = None, limit: int | None = None
+        self, split: str, data_dir: PathLike | None = None, limit: int | None = None,
+        sample_seed: int | None = None,
     ) -> list[Example]:
-        """The examples of ``split`` in file order (the first ``limit`` if given).
+        """The examples of ``split`` in file order: the first ``limit`` if given, or with
+        ``sample_seed`` the ``limit`` drawn with that seed (:func:`draw`; file order kept).
 
         Reads ``data_dir`` if given, else :func:`default_data_dir`, else the hub.
         """
@@ -95,6 +120,9 @@ class Task(ABC):
             raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
         root = resolve_data_dir(data_dir)
         rows = self._load_local(split, root) if root is not None else self._load_hub(split)
+        if sample_seed is not None:
+            return draw([self._example(split, i, row) for i, row in enumerate(rows)],
+                        limit, sample_seed)
         if limit is not None:
             rows = rows[:limit]
         return [self._example(split, i, row) for i, row in enumerate(rows)]

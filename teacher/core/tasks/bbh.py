@@ -75,6 +75,22 @@ BBH_COT_ZEROSHOT = register_template(Template(
     max_new_tokens=1024,
     source="distill",
 ))
+# lm-eval's bbh_zeroshot_<subtask> (lm_eval/tasks/bbh/zeroshot/): the subtask's
+# description, then "Q: {input}\nA:" (lm-eval prepends the description, which ends in
+# "\n\n"). `description` is the first paragraph of cot-prompts/<subtask>.txt, the
+# same sentence. The answer-only prompt the bbh_mc metric scores each option after
+# (as " " + option: lm-eval's default target_delimiter); stops as in
+# lm_eval/tasks/bbh/zeroshot/_zeroshot_template_yaml for generation.
+BBH_ZEROSHOT = register_template(Template(
+    id="bbh-zeroshot",
+    version=1,
+    task="bbh",
+    kind="completion",
+    text="{description}\n\nQ: {input}\nA:",
+    fields=("description", "input"),
+    stop=("</s>", "Q:", "\n\n"),
+    source="lm_eval/tasks/bbh/zeroshot/_zeroshot_template_yaml",
+))
 # Distillation prompt (teacher.distill.modes.rewrite).
 BBH_REWRITE = register_template(Template(
     id="bbh-sdft-rewrite",
@@ -309,7 +325,18 @@ class BbhTask(Task):
         fields = {"input": example.question}
         if "prefix" in template.fields:
             fields["prefix"] = self.cot_prefix(data_dir)
+        if "description" in template.fields:
+            fields["description"] = self.description(data_dir)
         return fields
+
+    def description(self, data_dir: PathLike | None = None) -> str:
+        """The subtask's one-paragraph task description (the CoT prompt's text before
+        its first exemplar), which lm-eval's bbh zeroshot/fewshot prompts start with."""
+        head, sep, _ = self.cot_prefix(data_dir).partition("\n\nQ: ")
+        if not sep or not head.strip():
+            raise DataFormatError(f"BBH CoT prompt of {self.subtask}: no description "
+                                  "before its first exemplar")
+        return head.strip()
 
     def extract_answer(self, text: str) -> str | None:
         """lm-eval bbh cot_fewshot "get-answer": what follows "the answer is " on its

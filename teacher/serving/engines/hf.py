@@ -46,6 +46,7 @@ from teacher.serving.engine import (
 )
 from teacher.serving.errors import EngineUnavailable
 from teacher.serving.sampling import SamplingParams
+from teacher.serving.supervision import FailureCallback, Fatal, Supervisor
 from teacher.serving.tokenization import PromptTokenizer
 
 log = logging.getLogger(__name__)
@@ -233,8 +234,9 @@ class HFEngine:
         self._lock = threading.Lock()
         self._wakeup = asyncio.Event()
         self._running: dict[str, _Sequence] = {}
-        self._scheduler: asyncio.Task | None = None
-        self._failed: BaseException | None = None
+        self._scoring = 0  # items of the score job on the worker now
+        self._supervisor = Supervisor("transformers engine")
+        self._started = False
         self.model = None
         self.tokenizer: PromptTokenizer
         self._info: ModelInfo | None = None
@@ -245,7 +247,11 @@ class HFEngine:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._load)
         self._wakeup = asyncio.Event()
-        self._scheduler = asyncio.create_task(self._schedule(), name="hf-engine-scheduler")
+        self._supervisor.start("scheduler", self._schedule)
+        self._started = True
+
+    def on_failure(self, callback: FailureCallback) -> None:
+        self._supervisor.on_failure(callback)
 
     def _load(self) -> None:
         import transformers
@@ -298,14 +304,17 @@ class HFEngine:
         return self._info
 
     def load(self) -> EngineLoad:
+        """Sequences (and score items) on the worker vs. waiting for it, each once."""
         with self._lock:
-            waiting = sum(isinstance(p, _Sequence) for p in self._pending)
-        return EngineLoad(running=len(self._running), waiting=waiting)
+            scores = sum(len(p.items) for p in self._pending if isinstance(p, _ScoreJob))
+            running = sum(s.started for s in self._running.values())
+            return EngineLoad(
+                running=running + self._scoring,
+                waiting=len(self._running) - running + scores,
+            )
 
     async def shutdown(self) -> None:
-        if self._scheduler is not None:
-            self._scheduler.cancel()
-            await asyncio.gather(self._scheduler, return_exceptions=True)
+        await self._supervisor.stop()
         for seq in self._running.values():
             seq.aborted = True
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -353,14 +362,16 @@ class HFEngine:
                 seq.outputs.put_nowait(EngineOutput((), "abort"))
 
     def _check_alive(self) -> None:
-        if self._failed is not None:
-            raise EngineUnavailable(f"transformers engine failed: {self._failed}")
-        if self._scheduler is None or self._scheduler.done():
+        failure = self._supervisor.failure
+        if failure is not None:
+            raise EngineUnavailable(f"transformers engine failed: {failure}")
+        if not self._started:
             raise EngineUnavailable("transformers engine is not running")
 
     # ------------------------------------------------------------ scheduling
 
     async def _schedule(self) -> None:
+        """The one loop feeding the worker (run by the supervisor, restarted if it dies)."""
         loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
@@ -368,26 +379,33 @@ class HFEngine:
                 await self._wakeup.wait()
                 # Give requests arriving together a moment to join the batch.
                 await asyncio.sleep(self.batch_wait_s)
-            head = self._pending[0]
+            # What was waiting may have left meanwhile (cancelled, timed out): look at
+            # the queue and take from it under one lock, never assuming it is non-empty.
+            with self._lock:
+                head = self._pending[0] if self._pending else None
+                if isinstance(head, _ScoreJob):
+                    job = self._pending.popleft()
+                    self._scoring = len(job.items) if not job.future.done() else 0
+                batch = self._take_generation_batch() if isinstance(head, _Sequence) else []
             try:
                 if isinstance(head, _ScoreJob):
-                    with self._lock:
-                        job = self._pending.popleft()
-                    job.results = await loop.run_in_executor(
-                        self._executor, self._score_items, job.items
-                    )
+                    if job.future.done():  # its caller is gone
+                        continue
+                    try:
+                        job.results = await loop.run_in_executor(
+                            self._executor, self._score_items, job.items
+                        )
+                    finally:
+                        self._scoring = 0
                     if not job.future.done():
                         job.future.set_result(job.results)
-                else:
-                    with self._lock:
-                        batch = self._take_generation_batch()
-                    if batch:
-                        await loop.run_in_executor(self._executor, self._decode_batch, batch)
-            except Exception as exc:  # an engine failure: fail everything, stop serving
-                log.exception("transformers engine failed")
-                self._failed = exc
+                elif batch:
+                    await loop.run_in_executor(self._executor, self._decode_batch, batch)
+            except Exception as exc:  # the model or device failed: fail everything, stop
+                # Failed first, so no request is queued after the sweep below.
+                self._supervisor.fail(exc)
                 self._fail_all(exc)
-                return
+                raise Fatal(f"model work failed: {type(exc).__name__}: {exc}") from exc
 
     def _take_generation_batch(self, size: int = 0, tokens: int = 0) -> list[_Sequence]:
         """Sequences from the head of the queue while they fit beside ``size`` rows

@@ -46,6 +46,7 @@ from teacher.serving.engine import (
 )
 from teacher.serving.errors import EngineUnavailable, InvalidArgument, TeacherError
 from teacher.serving.sampling import SamplingParams
+from teacher.serving.supervision import FailureCallback, Supervisor
 from teacher.serving.tokenization import PromptTokenizer
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,13 @@ class VLLMEngine:
         # cannot confuse the count.
         self._inflight: dict[int, _Flight] = {}
         self._keys = itertools.count()
+        # vLLM's output handler is the one background task: if it ends (the engine
+        # core died, or a bug in it) every stream stalls or fails, so its end is
+        # this engine's failure (logged with traceback, NOT_SERVING, exit).
+        self._supervisor = Supervisor("vLLM engine")
+
+    def on_failure(self, callback: FailureCallback) -> None:
+        self._supervisor.on_failure(callback)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -167,6 +175,9 @@ class VLLMEngine:
         # engine-core failure is noticed even while idle.
         if hasattr(self._llm, "_run_output_handler"):
             self._llm._run_output_handler()
+        handler = getattr(self._llm, "output_handler", None)
+        if isinstance(handler, asyncio.Task):
+            self._supervisor.watch("output-handler", handler)
         self._vllm = vllm
         try:
             self.tokenizer = await asyncio.to_thread(PromptTokenizer.from_pretrained, self.source)
@@ -212,6 +223,7 @@ class VLLMEngine:
 
     async def shutdown(self) -> None:
         self._closed = True
+        self._supervisor.stopping()  # an orderly stop is not a failure
         llm, self._llm = self._llm, None
         if llm is None:
             return
@@ -235,7 +247,9 @@ class VLLMEngine:
             state = "shut down" if self._closed else "not started"
             raise EngineUnavailable(f"the vLLM engine is {state}")
         if self._llm.errored:
-            raise EngineUnavailable("the vLLM engine core has died")
+            error = EngineUnavailable("the vLLM engine core has died")
+            self._supervisor.fail(error)
+            raise error
         return self._llm
 
     def _sampling_params(self, s: SamplingParams) -> Any:
@@ -256,8 +270,7 @@ class VLLMEngine:
             detokenize=False,  # the service detokenizes (and applies stop strings)
         )
 
-    @staticmethod
-    def _raise_translated(e: Exception) -> NoReturn:
+    def _raise_translated(self, e: Exception) -> NoReturn:
         """Re-raise a vLLM exception as the service's own."""
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
@@ -265,7 +278,9 @@ class VLLMEngine:
         if isinstance(e, TeacherError):
             raise e
         if isinstance(e, EngineDeadError):
-            raise EngineUnavailable(f"the vLLM engine core died: {e}") from e
+            error = EngineUnavailable(f"the vLLM engine core died: {e}")
+            self._supervisor.fail(error)
+            raise error from e
         if isinstance(e, EngineGenerateError):
             cause = e.__cause__
             detail = f"{type(cause).__name__}: {cause}" if cause else str(e)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 
 from eval.experiment import ExperimentConfig, load_experiment, plan
+from eval.experiment.planner import common_questions, job_config, planned_questions, questions_file
 from teacher.core.config import ConfigError, from_dict
 from tests.conftest import REPO_ROOT
 
 SMOKE = REPO_ROOT / "configs" / "experiments" / "smoke.yaml"
 DEMO = REPO_ROOT / "configs" / "experiments" / "demo.yaml"
+DEMO_SEEDS = REPO_ROOT / "configs" / "experiments" / "demo-seeds.yaml"
 
 
 def _config(**overrides) -> ExperimentConfig:
@@ -61,7 +63,7 @@ def test_bad_config_is_named(tmp_path, overrides, message):
 
 
 def test_shipped_configs_plan(tmp_path, data_dir):
-    for path in (SMOKE, DEMO):
+    for path in (SMOKE, DEMO, DEMO_SEEDS):
         first = path.read_text().splitlines()[0]
         assert first.startswith("# distill-eval experiment --config configs/experiments/")
         config = load_experiment(path, [f"data_dir={data_dir}"])
@@ -72,3 +74,98 @@ def test_shipped_configs_plan(tmp_path, data_dir):
     assert demo.config.student == "qwen2.5-coder-0.5b-instruct"
     assert demo.config.teacher.models["teacher"] == "qwen2.5-coder-1.5b-instruct"
     assert demo.config.eval.suite == "quick"
+    # demo.yaml names the design keys at the values that keep it as it was run
+    assert all((r.train.data.sample_seed, r.train.data.ids_file, r.train.data.split_seed)
+               == (None, None, None) for r in demo.runs)
+    assert not any("fallback" in j.settings for j in demo.data_jobs.values())
+
+
+def test_proposed_seeds_demo_plans_arm_by_seed_on_the_same_questions(tmp_path, data_dir):
+    p = plan(load_experiment(DEMO_SEEDS, [f"data_dir={data_dir}"]), tmp_path)
+    assert sorted(p.arms) == ["best_of_n", "ground_truth", "ground_truth_stm", "trace"]
+    assert len(p.runs) == 4 * 3 and {r.seed for r in p.runs} == {42, 43, 44}
+    assert {r.train.data.ids_file for r in p.runs} == {str(questions_file(tmp_path))}
+    assert {r.train.data.sample_seed for r in p.runs} == {0}
+    assert {r.train.data.split_seed or r.seed for r in p.runs} == {42}
+    assert {j.settings["fallback"] for j in p.data_jobs.values()} == {"reject"}
+
+
+# ----------------------------------------------------------------------------- the design
+
+
+def test_three_seeds_plan_arm_by_seed_runs_paired_on_one_split(tmp_path, data_dir):
+    config = _config(arms={"ground_truth": None, "ground_truth_stm": None, "trace": None},
+                     seeds=[1, 2, 3], sample_seed=5, data_dir=str(data_dir))
+    p = plan(config, tmp_path)
+    assert [(r.name, r.arm, r.seed) for r in p.runs] == [
+        (f"{arm}-seed{s}", arm, s) for arm in ("ground_truth", "ground_truth_stm", "trace")
+        for s in (1, 2, 3)]
+    for r in p.runs:
+        assert r.train.seed == r.seed  # LoRA init and data order
+        # one split for every run (the first seed's; at it, the key is left out as before)
+        assert (r.train.data.split_seed or r.train.seed) == 1
+        assert r.train.data.sample_seed == 5 and r.train.data.limit == 8
+    assert {j.key: job_config(p, j, tmp_path, False).sample_seed
+            for j in p.data_jobs.values()} == {"trace-teacher": 5}
+    per_run = plan(_config(arms={"ground_truth": None}, seeds=[1, 2, 3], split_seed="seed"),
+                   tmp_path)
+    assert [r.train.data.split_seed for r in per_run.runs] == [None, None, None]  # = seed
+    fixed = plan(_config(arms={"ground_truth": None}, seeds=[1, 2], split_seed=9), tmp_path)
+    assert [r.train.data.split_seed for r in fixed.runs] == [9, 9]
+    with pytest.raises(ConfigError, match="split_seed"):
+        plan(_config(split_seed="each"), tmp_path)
+    # one seed, no new keys: the run's config is what it was before them (it resumes)
+    old = plan(_config(arms={"ground_truth": None}), tmp_path).runs[0].train.data
+    assert (old.split_seed, old.sample_seed, old.ids_file) == (None, None, None)
+
+
+def test_same_questions_every_arm_trains_the_intersection(tmp_path, data_dir):
+    import json
+
+    from student.data import load_examples, split_examples
+    from student.trainer import split_seed_of
+    from tests.student.test_data import record, write_records
+
+    config = _config(arms={"ground_truth": None, "ground_truth_stm": None, "trace": None,
+                           "best_of_n": {"generate": {"num_candidates": 2}}},
+                     examples=12, sample_seed=3, same_questions=True, seeds=[1, 2, 3],
+                     train={"data": {"val_size": 3}}, data_dir=str(data_dir))
+    p = plan(config, tmp_path)
+    assert {j.settings["fallback"] for j in p.data_jobs.values()} == {"reject"}
+    assert "trace-teacher" not in p.data_jobs  # reject is not the default job's data
+    drawn = planned_questions(p)
+    assert len(drawn) == 12 and drawn != [f"gsm8k/train/{i:06d}" for i in range(12)]
+    lost = {}
+    for k, job in enumerate(p.data_jobs.values()):
+        rows = []
+        for i in (int(x[-6:]) for x in drawn):
+            rejected = i == int(drawn[k][-6:])  # each job cannot produce another question
+            rows.append(record(i, mode=job.mode, status="rejected" if rejected else "accepted",
+                               response="" if rejected else f"{job.mode} answer {i}"))
+        rows.append(record(99999 - k, mode=job.mode))  # an earlier config's extra question
+        write_records(tmp_path / "data" / job.key, rows)
+        lost[job.key] = [drawn[k]]
+    common = common_questions(p, tmp_path)
+    assert common["ids"] == drawn[2:] and common["dropped_by"] == lost
+    questions_file(tmp_path).write_text(json.dumps(common["ids"]))
+    splits = {}
+    for r in p.runs:
+        examples = load_examples(r.train.data, data_dir)
+        train, val = split_examples(examples, r.train.data.val_size, split_seed_of(r.train))
+        splits[r.name] = (tuple(e.id for e in train), tuple(e.id for e in val))
+    assert len(set(splits.values())) == 1  # every arm and seed: the same questions and split
+    assert len(splits["trace-seed1"][0]) == 7
+
+
+def test_seed_changes_the_split_only_when_asked(tmp_path, data_dir):
+    from student.data import load_examples, split_examples
+    from student.trainer import split_seed_of
+
+    def val(**overrides) -> list[list[str]]:
+        p = plan(_config(arms={"ground_truth": None}, seeds=[1, 2], examples=20,
+                         data_dir=str(data_dir), **overrides), tmp_path)
+        return [[e.id for e in split_examples(load_examples(r.train.data, data_dir), 2,
+                                              split_seed_of(r.train))[1]] for r in p.runs]
+
+    fixed, moving = val(), val(split_seed="seed")
+    assert fixed[0] == fixed[1] and moving[0] == fixed[0] and moving[1] != moving[0]
