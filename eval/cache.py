@@ -19,7 +19,8 @@ from typing import Any
 
 CACHE_ENV = "DISTILL_EVAL_CACHE"
 # Bump when per-item scoring changes, so old entries are not reused.
-CACHE_VERSION = 1
+# 2: gsm8k rows record the stop reason (truncated), reference_ppl rows nll_mean.
+CACHE_VERSION = 2
 
 
 def fingerprint(parts: Any) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 from eval.metrics import Measure, Metric, registered_metrics
 from eval.metrics.base import FORGETTING, MEMORIZATION_INCREASE, TARGET_GAIN
+from eval.metrics.gsm8k import Gsm8k
 from eval.report import (
     fmt,
     fmt_est,
@@ -54,6 +55,11 @@ from eval.stats import (
 )
 from teacher.core.config import ConfigError, from_dict
 from teacher.core.rundir import RunDir, RunDirError
+
+# The accuracy column (and the checkpoints'): the gsm8k metric's headline measure;
+# beside it the format measure and the share of answers cut off at max_new_tokens.
+GSM8K_HEADLINE = Gsm8k().headline().name
+GSM8K_STRICT, GSM8K_TRUNCATED = "gsm8k/strict_match", "gsm8k/truncated"
 
 SATURATION_DATA_RATIO = 1.5  # "adding 50% more data"
 SATURATION_MIN_GAIN = 3.0  # "... for under 3 points absolute"
@@ -185,7 +191,8 @@ _PHRASES = {"target": ("scores higher than", "scores lower than"),
 
 def headlines(metrics: Sequence[Metric]) -> list[Headline]:
     """The measures of the metrics' summary lines: target, each forgetting axis,
-    memorization (as a difference-in-differences over held-out controls)."""
+    memorization (as a difference-in-differences over held-out controls); then the
+    measures the metrics also compare (:meth:`Metric.compared`)."""
     out = []
     for metric in metrics:
         measures = {m.name: m for m in metric.measures()}
@@ -202,6 +209,9 @@ def headlines(metrics: Sequence[Metric]) -> list[Headline]:
                 column = ":".join(term.path)
                 out.append(Headline(m.name, column, m.name, metric.group, m.higher_is_better,
                                     m, metric.name))
+        for m in metric.compared():  # no column of the main table
+            out.append(Headline(m.name, "", m.name, metric.group, m.higher_is_better, m,
+                                metric.name))
     return out
 
 
@@ -290,6 +300,8 @@ class _Comparer:
         opts = {"resamples": self.resamples, "confidence": self.confidence, "seed": self.seed}
         if not seeds or any(not x for x, _ in seeds):
             return None
+        if any(h.measure.field not in r for x, y in seeds for r in (*x, *y)):
+            return None  # items recorded before the measure existed
         # One test set scored by every seed's model: share the item draws across seeds.
         crossed = len({tuple(_key(r) for r in x) for x, _ in seeds}) == 1
         f = h.measure.field
@@ -363,7 +375,9 @@ def _arm(path: Path, results: dict[str, Any]) -> dict[str, Any]:
     arm["arm"] = _SEED_SUFFIX.sub("", arm["name"]) if adapter else arm["name"]
     confidence = float((results["suite"].get("config") or {}).get("confidence")
                        or DEFAULT_CONFIDENCE)
-    arm["accuracy"] = _exact(metrics.get("gsm8k/strict_match"), confidence)
+    arm["accuracy"] = _exact(metrics.get(GSM8K_HEADLINE), confidence)
+    arm["strict"] = _exact(metrics.get(GSM8K_STRICT), confidence)
+    arm["truncated"] = _exact(metrics.get(GSM8K_TRUNCATED), confidence)
     arm["target_gain"] = summary.get(TARGET_GAIN)
     # Each forgetting axis on its own: their units differ (points, % bits per byte),
     # so the runner's "overall" mean of them is not shown.
@@ -519,6 +533,8 @@ def _table(arms: Sequence[dict[str, Any]], heads: Sequence[Headline],
     mem = "memorization DiD" if did else "memorization ↑ (trained items only)"
     columns: list[tuple[str, str, Any, bool | None, int]] = [
         ("gsm8k acc (%)", "", lambda a: _points(a["accuracy"]), None, 1),
+        ("strict (%)", "", lambda a: _points(a.get("strict")), None, 1),
+        ("cut off (%)", "", lambda a: _points(a.get("truncated")), None, 1),
         ("target gain (pts)", TARGET_GAIN, lambda a: a["target_gain"], True, 1),
         *[(f"forgetting {t}{_unit(arms, t)}", f"{FORGETTING}:{t}",
            lambda a, t=t: a["forgetting"].get(t), False, 2) for t in tasks],
@@ -716,11 +732,15 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
     # A base row first: the base model's absolute numbers, from the first arm.
     if not any(a["is_base"] for a in arms):
         first = loaded[0][1]
-        base_acc = (first["metrics"].get("gsm8k/strict_match") or {}).get("base")
         confidence = float(stats_cfg.get("confidence") or DEFAULT_CONFIDENCE)
+
+        def base_of(name: str) -> dict[str, Any] | None:
+            return _exact((first["metrics"].get(name) or {}).get("base"), confidence)
+
         arms.insert(0, {**{k: None for k in arms[0]}, "name": f"base ({first['model']['name']})",
-                        "data": "—", "is_base": True,
-                        "accuracy": _exact(base_acc, confidence), "forgetting": {},
+                        "data": "—", "is_base": True, "accuracy": base_of(GSM8K_HEADLINE),
+                        "strict": base_of(GSM8K_STRICT), "truncated": base_of(GSM8K_TRUNCATED),
+                        "forgetting": {},
                         "memorization": {}, "memorization_did": False, "settings": {},
                         "checkpoints": [], "source": ""})
     trained = [a for a in arms if not a["is_base"]]
@@ -751,7 +771,11 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
           "**Bold**: the best arm in a column, only where its paired difference to every "
           "other arm excludes zero.", "",
           _table(arms, heads, comparer), "",
-          "- *target gain*: gsm8k strict-match accuracy minus the base model's, in points.",
+          "- *gsm8k acc*: flexible-extract accuracy (the last boxed number, else the last "
+          "number); *strict*: the answer in the prompt's own format (`\\boxed{N}` for the "
+          "suites' prompt); *cut off*: "
+          "the share of answers that hit max_new_tokens.",
+          "- *target gain*: gsm8k flexible-extract accuracy minus the base model's, in points.",
           "- *forgetting*: one column per axis, in its own unit (bbh: accuracy points lost; "
           "wikitext: % more bits per byte); they are not averaged. Lower is better; "
           "negative means improved.",
@@ -804,7 +828,7 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
                               [[r["arm"], str(r["seeds"]), cell(r, "accuracy", 3),
                                 cell(r, "target_gain", 1)] for r in spread]), ""]
     ckpt_rows = [[a["name"], str(c["step"]),
-                  fmt_est(c.get("gsm8k/strict_match"), 3), fmt_est(c.get("reference_ppl/gsm8k"), 3)]
+                  fmt_est(c.get(GSM8K_HEADLINE), 3), fmt_est(c.get("reference_ppl/gsm8k"), 3)]
                  for a in trained for c in a.get("checkpoints") or []]
     if ckpt_rows:
         md += ["## Over-memorization by checkpoint", "",

@@ -125,11 +125,12 @@ def oscillating_loss_sign(history: Mapping[str, Any] | None) -> Sign | None:
 def over_memorization_sign(checkpoints: Sequence[Mapping[str, Any]] | None,
                            reference_ppl: Mapping[str, Any] | None = None,
                            target_gain: Mapping[str, Any] | None = None,
-                           accuracy_key: str = "gsm8k/strict_match",
+                           accuracy_key: str = "gsm8k/flexible_extract",
                            ppl_key: str = "reference_ppl/gsm8k") -> Sign | None:
     """Test-reference perplexity up by more than REFERENCE_PPL_RISE_MAX while accuracy
     holds: from the first to the last checkpoint where checkpoints were evaluated, else
-    the tuned model against the base."""
+    the tuned model against the base. ``accuracy_key``: the gsm8k metric's headline,
+    the accuracy the runner records per checkpoint."""
     points = sorted((c for c in checkpoints or []
                      if _value(c.get(accuracy_key)) is not None
                      and _value(c.get(ppl_key)) is not None), key=lambda c: c.get("step") or 0)

@@ -201,6 +201,11 @@ class Metric:
     def summary(self) -> list[SummaryTerm]:
         return []
 
+    def compared(self) -> list[Measure]:
+        """Measures every arm is also compared on, paired per item, beside those of
+        its summary lines (a continuous measure that has no summary line)."""
+        return []
+
 
 class TaskMetric(Metric):
     """A metric over benchmark examples (:class:`teacher.core.tasks.Example`), one

@@ -51,9 +51,17 @@ class ServedModel:
 
     async def generate(self, prompts: Sequence[Any], max_new_tokens: int,
                        stop: Sequence[str], progress: Any = None) -> list[str]:
-        """Greedy outputs, in order. Prompts whose length leaves less room than
-        ``max_new_tokens`` get what the context allows (they are grouped by that budget,
-        so the rest still go to the engine together)."""
+        """Greedy outputs, in order (see :meth:`generate_stopped`)."""
+        return [text for text, _ in await self.generate_stopped(prompts, max_new_tokens, stop,
+                                                                progress)]
+
+    async def generate_stopped(self, prompts: Sequence[Any], max_new_tokens: int,
+                               stop: Sequence[str], progress: Any = None,
+                               ) -> list[tuple[str, str]]:
+        """Greedy (output, stop reason) pairs, in order; the reasons are the service's
+        (``"max_tokens"``: cut off at the budget). Prompts whose length leaves less room
+        than ``max_new_tokens`` get what the context allows (they are grouped by that
+        budget, so the rest still go to the engine together)."""
         from teacher.serving.sampling import SamplingParams
 
         context = self.context_length
@@ -61,10 +69,11 @@ class ServedModel:
         for p in prompts:
             n = len(self.service.tokenize(self.name, p))
             budgets.append(max(0, min(max_new_tokens, context - n)))
-        outputs = [""] * len(prompts)
+        # A prompt that fills the context is scored as a wrong, empty answer, cut off.
+        outputs = [("", "max_tokens")] * len(prompts)
         for budget in sorted(set(budgets)):
             if budget == 0:
-                continue  # the prompt fills the context: scored as a wrong, empty answer
+                continue
             idx = [i for i, b in enumerate(budgets) if b == budget]
             params = SamplingParams(temperature=0.0, seed=0, max_new_tokens=budget,
                                       stop=tuple(stop))
@@ -73,7 +82,7 @@ class ServedModel:
                 results, _, _ = await self.service.generate_batch(
                     self.name, [prompts[i] for i in part], params)
                 for i, samples in zip(part, results, strict=True):
-                    outputs[i] = samples[0].text
+                    outputs[i] = (samples[0].text, samples[0].stop_reason)
                 if progress is not None:
                     progress.update(len(part))
         return outputs

@@ -44,8 +44,13 @@ def record_arm(root: Path, name: str, *, gain: float, n_train: int, kind: str = 
         "adapter": {"run_dir": str(run), "hash": name, "data": data, "completed": True},
         "suite": {"name": "quick", "config": {}},
         "metrics": {
-            "gsm8k/strict_match": {**est(base_acc + gain / 100, 0.05), "group": "target",
-                                   "higher_is_better": True, "base": est(base_acc, 0.05)},
+            "gsm8k/flexible_extract": {**est(base_acc + gain / 100, 0.05), "group": "target",
+                                       "higher_is_better": True, "base": est(base_acc, 0.05)},
+            # The format measure: reported, not the accuracy column.
+            "gsm8k/strict_match": {**est(0.02, 0.01), "group": "target",
+                                   "higher_is_better": True, "base": est(0.0, 0.01)},
+            "gsm8k/truncated": {**est(0.04, 0.01), "group": "target",
+                                "higher_is_better": False, "base": est(0.1, 0.01)},
             "train_ppl": {**est(3.0 if kind == "teacher" else 6.0, 0.2), "group": "train_data",
                           "higher_is_better": False},
             "fit/gap": {"value": -0.05, "ci": [None, None], "n": 1, "group": "fit",
@@ -59,7 +64,8 @@ def record_arm(root: Path, name: str, *, gain: float, n_train: int, kind: str = 
                                       "half_response": {"rouge_l_above": est(mem * 2)}},
         },
         "checkpoints": [{"step": 50, "checkpoint": "checkpoint-50",
-                         "gsm8k/strict_match": est(0.3, 0.05), "reference_ppl/gsm8k": est(2.5)}],
+                         "gsm8k/flexible_extract": est(0.3, 0.05),
+                         "reference_ppl/gsm8k": est(2.5)}],
     }
     out = run / "eval" / "quick"
     out.mkdir(parents=True)
@@ -95,6 +101,13 @@ def test_compare_table_flags_saturation_and_plots(arms, tmp_path):
     # Accuracy (%) with its exact interval from k/n; 0.25 x 50 = 12.5 is no k/n: kept.
     assert "28.0 [16.2, 42.5]" in row["teacher-100"]  # 14/50, Clopper-Pearson
     assert "25.0 [20.0, 30.0]" in row["ground-truth"]  # 12.5/50: the recorded interval
+    # Beside the headline (flexible) accuracy: strict match and the share cut off, in %.
+    header = [c.strip() for c in main_table.splitlines()[0].split("|")]
+    assert header[3:6] == ["gsm8k acc (%)", "strict (%)", "cut off (%)"]
+    cells = [c.strip() for c in row["teacher-100"].split("|")]
+    assert cells[4].startswith("2.0 [") and cells[5].startswith("4.0 [")  # 1/50, 2/50
+    base = [c.strip() for c in main_table.splitlines()[2].split("|")]
+    assert base[4].startswith("0.0 [") and base[5].startswith("10.0 [")  # the base's 0/50, 5/50
     # Each forgetting axis in its own unit; no "overall" mean of points and percents.
     assert "forgetting overall" not in md and "forgetting bbh" in md
     # Arms differing in more than data are flagged, naming the setting.
@@ -222,7 +235,7 @@ def itemized_arm(root: Path, name: str, *, kind: str, seed: int, bbh_kept: int,
         rows += [{"metric": "gsm8k", "subject": "base", "id": f"g{i}", "strict_match": b,
                   "flexible_extract": b},
                  {"metric": "gsm8k", "subject": "model", "id": f"g{i}",
-                  "strict_match": float(rng.random() < 0.3), "flexible_extract": b}]
+                  "flexible_extract": float(rng.random() < 0.3), "strict_match": b}]
     for i in range(60):
         b = float(i < 50)
         rows += [{"metric": "bbh", "subject": "base", "id": f"b{i}",
@@ -309,3 +322,34 @@ def test_compare_pools_seeds_hierarchically(tmp_path):
     assert [s["seed"] for s in bbh["seed_differences"]] == [1, 2, 3]
     assert "at n=60 × 3 seeds" in report["markdown"] or bbh["ci"][0] > 0
     assert "One training seed per arm" not in report["markdown"]
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_reference_nll_is_compared_per_item_where_recorded(tmp_path, recorded):
+    # Where the rows carry nll_mean, the arms are compared on it item by item; an older
+    # items.jsonl without it gives no comparison on it, the rest of the report as before.
+    runs = [itemized_arm(tmp_path, name, kind=kind, seed=42, bbh_kept=40, bpb_shift=0.01,
+                         memorized=3)
+            for name, kind in (("ground_truth", "ground_truth"), ("trace", "teacher"))]
+    for k, run in enumerate(runs):
+        out = run / "eval" / "quick"
+        results = json.loads((out / "results.json").read_text())
+        results["suite"]["config"] = {**SUITE, "metrics": [*SUITE["metrics"], "reference_ppl"]}
+        (out / "results.json").write_text(json.dumps(results))
+        rows = []
+        for i in range(20):
+            for subject, nll in (("base", 1.0 + i / 20), ("model", 1.0 + i / 20 - 0.1 * (k + 1))):
+                row = {"metric": "reference_ppl", "subject": subject, "id": f"r{i}",
+                       "loglikelihood": -nll * 50, "tokens": 50}
+                rows.append(json.dumps({**row, "nll_mean": nll} if recorded else row))
+        (out / "items.jsonl").write_text((out / "items.jsonl").read_text() + "\n".join(rows) + "\n")
+    report = compare(runs, tmp_path / "report")
+    by = {(c["arm"], c["vs"], c["measure"]): c for c in report["comparisons"]}
+    assert ("trace", "ground_truth", "gsm8k/flexible_extract") in by
+    nll = by.get(("trace", "ground_truth", "reference_ppl/gsm8k_nll"))
+    if not recorded:
+        assert nll is None
+        return
+    # trace's references are 0.1 nats/token likelier than ground truth's, on every item.
+    assert nll["value"] == pytest.approx(-0.1) and nll["n"] == 20
+    assert nll["ci"][1] < 0

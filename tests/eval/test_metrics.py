@@ -93,6 +93,7 @@ def test_every_registered_metric_keeps_the_contract(cls):
     assert measures and len(set(names)) == len(names)
     assert all(n.split("/")[0] == cls.name for n in names)
     assert all(term.measure in measures for term in metric.summary())
+    assert all(m in measures for m in metric.compared())
     if cls.on_checkpoints:
         assert metric.headline() in measures
 

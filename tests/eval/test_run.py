@@ -32,7 +32,8 @@ def smoke(tmp_path_factory, test_model_dir, data_dir):
 def test_smoke_suite_writes_results_with_intervals_and_deltas(smoke):
     results = json.loads((smoke["out"] / "results.json").read_text())
     metrics = results["metrics"]
-    for name in ("gsm8k/strict_match", "gsm8k/flexible_extract", "bbh/exact_match",
+    for name in ("gsm8k/strict_match", "gsm8k/flexible_extract", "gsm8k/truncated",
+                 "reference_ppl/gsm8k_nll", "bbh/exact_match",
                  "bbh/boolean_expressions/exact_match", "wikitext/word_perplexity",
                  "wikitext/byte_perplexity", "wikitext/bits_per_byte",
                  "memorization/question/train/rouge_l_above",
@@ -65,7 +66,11 @@ def test_smoke_suite_writes_results_with_intervals_and_deltas(smoke):
     assert {("gsm8k", "model"), ("gsm8k", "base"), ("gsm8k", "checkpoint-2"),
             ("memorization", "model"), ("train_ppl", "model")} <= subjects
     gsm = next(r for r in rows if r["metric"] == "gsm8k")
-    assert {"id", "output", "answer_strict", "strict_match"} <= set(gsm)
+    assert {"id", "output", "answer_strict", "strict_match", "stop_reason", "truncated"} <= set(gsm)
+    # smoke gives 16 new tokens: the test model's answers are cut off there.
+    assert metrics["gsm8k/truncated"]["value"] > 0
+    ref_row = next(r for r in rows if r["metric"] == "reference_ppl")
+    assert ref_row["nll_mean"] == pytest.approx(-ref_row["loglikelihood"] / ref_row["tokens"])
 
 
 def test_rerun_is_served_from_the_cache(smoke, monkeypatch, tmp_path):

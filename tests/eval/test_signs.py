@@ -64,13 +64,13 @@ def test_oscillating_loss_is_movement_over_net_descent():
 
 
 def test_over_memorization_reference_ppl_up_while_accuracy_holds():
-    ckpts = [{"step": 10, "gsm8k/strict_match": est(0.30), "reference_ppl/gsm8k": est(2.0)},
-             {"step": 20, "gsm8k/strict_match": est(0.29), "reference_ppl/gsm8k": est(2.5)}]
+    ckpts = [{"step": 10, "gsm8k/flexible_extract": est(0.30), "reference_ppl/gsm8k": est(2.0)},
+             {"step": 20, "gsm8k/flexible_extract": est(0.29), "reference_ppl/gsm8k": est(2.5)}]
     sign = over_memorization_sign(ckpts)
     assert sign.value == pytest.approx(0.25)
     assert "2.000 → 2.500 (+25.0% > 10%) from step 10 to 20" in sign.message
     assert "-1.0 pts" in sign.message
-    dropped = [ckpts[0], {**ckpts[1], "gsm8k/strict_match": est(0.20)}]  # -10 pts: not held
+    dropped = [ckpts[0], {**ckpts[1], "gsm8k/flexible_extract": est(0.20)}]  # -10 pts: not held
     assert over_memorization_sign(dropped) is None
     # Without checkpoints: the tuned model against the base.
     ref = {"value": 2.3, "base": {"value": 2.0}}

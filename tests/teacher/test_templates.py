@@ -37,6 +37,7 @@ def test_template_render_keeps_braces() -> None:
 SHIPPED_DIGESTS = {
     "gsm8k-cot-zeroshot@v1": "f87f67cdae477533",
     "gsm8k-cot-8shot@v1": "7cfd0bbfc6eedf30",
+    "gsm8k-cot-boxed@v1": "b5ff3b151ef08a59",
     "bbh-cot-3shot@v1": "a940cf3fcca455e5",
     "bbh-cot-zeroshot@v1": "2187a15167428923",
     "gsm8k-sdft-rewrite@v1": "81d4a6322b49a921",

@@ -55,10 +55,13 @@ from teacher.core.tasks.gsm8k import (
     GSM8K_HUB_ID,
     GSM8K_METRIC,
     Gsm8kTask,
+    gsm8k_boxed_flexible_extract,
+    gsm8k_boxed_strict_match,
     gsm8k_cot_strict_match,
     gsm8k_final_answer,
     gsm8k_flexible_extract,
     gsm8k_strict_match,
+    last_boxed_content,
 )
 from teacher.core.tasks.registry import get_task, list_tasks, register_task
 from teacher.core.tasks.wikitext import (
@@ -95,10 +98,13 @@ __all__ = [
     "draw",
     "exact_match",
     "get_task",
+    "gsm8k_boxed_flexible_extract",
+    "gsm8k_boxed_strict_match",
     "gsm8k_cot_strict_match",
     "gsm8k_final_answer",
     "gsm8k_flexible_extract",
     "gsm8k_strict_match",
+    "last_boxed_content",
     "list_tasks",
     "normalize_number",
     "register_task",

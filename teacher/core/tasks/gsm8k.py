@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from teacher.core.tasks.base import Example, Task, none_if_invalid
 from teacher.core.tasks.data import load_hub, load_jsonl
-from teacher.core.tasks.filters import normalize_number, regex_filter
+from teacher.core.tasks.filters import INVALID, normalize_number, regex_filter
 from teacher.core.tasks.registry import register_task
 from teacher.core.templates import SDFT_HEAD, Template, escape, register_template
 
@@ -90,6 +90,24 @@ GSM8K_COT_ZEROSHOT = register_template(Template(
     fields=("question",),
     max_new_tokens=512,
     source="distill",
+))
+
+# The evaluation prompt an instruct model follows: Qwen2.5's recommended reasoning
+# instruction, as Qwen's own math evaluation sends it (QwenLM/Qwen2.5-Math
+# evaluation/utils.py PROMPT_TEMPLATES["qwen-boxed"]: this system turn, the question,
+# then the instruction). The zero-shot "#### N" prompt above is the training format,
+# not one the instruct model was tuned to follow: scoring the base model on it
+# measures the prompt, not the model (issue 15; docs/eval-crosscheck.md).
+GSM8K_COT_BOXED = register_template(Template(
+    id="gsm8k-cot-boxed",
+    version=1,
+    task="gsm8k",
+    kind="chat",
+    system="You are a helpful assistant.",
+    text="{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+    fields=("question",),
+    max_new_tokens=512,
+    source="QwenLM/Qwen2.5-Math evaluation/utils.py (qwen-boxed)",
 ))
 
 # lm-eval's gsm8k_cot (lm_eval/tasks/gsm8k/gsm8k-cot.yaml): doc_to_text
@@ -177,6 +195,58 @@ def gsm8k_cot_strict_match(text: str) -> str:
 def gsm8k_flexible_extract(text: str) -> str:
     """lm-eval gsm8k "flexible-extract": the last number-like run in the text."""
     return regex_filter(_GSM8K_FLEXIBLE, text, group_select=-1)
+
+
+# The boxed prompt's strict match: a plain number as the whole content of a \boxed{}
+# (lm-eval's strict-match number pattern inside the braces), the last one, since
+# a model may box intermediate results before its final answer.
+GSM8K_BOXED_STRICT = re.compile(r"\\boxed\{(\-?[0-9\.\,]+)\}")
+
+
+def last_boxed_content(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (braces balanced), else None.
+
+    lm_eval/tasks/hendrycks_math/utils.py (and minerva_math's) ``last_boxed_only_string``
+    then ``remove_boxed`` (Hendrycks et al.'s MATH rule): ``\\boxed N`` (a space, no
+    braces) runs to the next ``$``. Where lm-eval would take ``\\fbox{...}`` or hit its
+    ``assert``, None."""
+    if "\\boxed " in text:
+        return text.split("\\boxed ")[-1].split("$")[0]
+    idx = text.rfind("\\boxed")
+    if idx < 0:
+        return None
+    depth = 0
+    for i in range(idx, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                boxed = text[idx : i + 1]
+                left = "\\boxed{"
+                return boxed[len(left) : -1] if boxed.startswith(left) else None
+    return None
+
+
+def gsm8k_boxed_strict_match(text: str) -> str:
+    """Strict match of the boxed prompt: the last ``\\boxed{N}`` holding only a number."""
+    return regex_filter(GSM8K_BOXED_STRICT, text, group_select=-1)
+
+
+def gsm8k_boxed_flexible_extract(text: str) -> str:
+    """Flexible extraction of the boxed prompt: lm-eval gsm8k's flexible-extract regex
+    (the last number-like run) on the last boxed content, so ``\\boxed{\\$1,200}`` and
+    ``\\boxed{18 \\text{ dollars}}`` read as the number (a unit with a number in it,
+    ``cm^2``, reads as that number); without a boxed number, on the whole text (as
+    lm-eval's flexible-extract does)."""
+    boxed = last_boxed_content(text)
+    if boxed is not None:
+        # LaTeX's "{,}" thousands separator (1{,}200) would split the number; this
+        # project's addition, not lm-eval's.
+        found = gsm8k_flexible_extract(boxed.replace("{,}", ","))
+        if found != INVALID:
+            return found
+    return gsm8k_flexible_extract(text)
 
 
 # lm_eval/tasks/gsm8k/gsm8k.yaml (and gsm8k-cot.yaml) metric_list exact_match.

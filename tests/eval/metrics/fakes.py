@@ -56,6 +56,14 @@ class FakeModel:
             progress.update(len(prompts))
         return [self.answer(p) for p in prompts]
 
+    async def generate_stopped(self, prompts: Sequence[Any], max_new_tokens: int,
+                               stop: Sequence[str], progress: Any = None,
+                               ) -> list[tuple[str, str]]:
+        """As the service: cut off ("max_tokens") at ``max_new_tokens`` words."""
+        outputs = await self.generate(prompts, max_new_tokens, stop, progress)
+        return [(" ".join(o.split()[:max_new_tokens]), "max_tokens")
+                if len(o.split()) >= max_new_tokens else (o, "eos") for o in outputs]
+
     async def score(self, pairs: Sequence[tuple[Any, str]]) -> list[tuple[float, int]]:
         return [(float(len(c.split())), len(c.split())) for _, c in pairs]
 
