@@ -42,15 +42,17 @@ class BbhSettings:
     max_new_tokens: int = 256  # lm-eval allows 1024; the stop strings end most answers
 
 
-def bbh_subtasks(subtasks: list[str] | None) -> list[str]:
-    """The subtasks a ``bbh.subtasks`` setting names (``[all]``: every one)."""
+def bbh_subtasks(subtasks: list[str] | None, where: str = "bbh.subtasks",
+                 error: type[Exception] = UnknownMetricError) -> list[str]:
+    """The subtasks a setting (``where``) names (``[all]``: every one); an unknown name
+    raises ``error`` naming the setting."""
     names = list(subtasks or ["all"])
     if names == ["all"]:
         return list(BBH_SUBTASKS)
     for name in names:
         if name not in BBH_SUBTASKS:
-            raise UnknownMetricError(f"bbh.subtasks: unknown BBH subtask {name!r}"
-                                     f"{did_you_mean(name, BBH_SUBTASKS)}")
+            raise error(f"{where}: unknown BBH subtask {name!r}"
+                        f"{did_you_mean(name, BBH_SUBTASKS)}")
     return names
 
 

@@ -40,8 +40,9 @@ from typing import Any
 
 from eval.cache import fingerprint
 from eval.metrics.base import Measure, Metric, Row, check_limit, register_metric
+from eval.metrics.bbh import bbh_subtasks
 from teacher.core.config import ConfigError, did_you_mean
-from teacher.core.tasks import BBH_SUBTASKS, get_task
+from teacher.core.tasks import get_task
 from teacher.core.templates import get_template
 
 SOURCES = ("wikitext", "bbh")
@@ -141,14 +142,8 @@ class KlForgetting(Metric):
                               "template, not a BBH one")
 
     def _subtasks(self) -> list[str]:
-        names = list(self.settings.bbh_subtasks or ["all"])
-        if names == ["all"]:
-            return list(BBH_SUBTASKS)
-        for name in names:
-            if name not in BBH_SUBTASKS:
-                raise ConfigError(f"kl_forgetting.bbh_subtasks: unknown BBH subtask {name!r}"
-                                  f"{did_you_mean(name, BBH_SUBTASKS)}")
-        return names
+        return bbh_subtasks(self.settings.bbh_subtasks, "kl_forgetting.bbh_subtasks",
+                            ConfigError)
 
     def wants_checkpoints(self) -> bool:
         return self.settings.checkpoints
