@@ -345,6 +345,11 @@ class Difference:
 
 
 BOOTSTRAP_ITEMS = "paired bootstrap over items (one seed: item variance only)"
+# A percentile bootstrap over fewer items than this covers far less than its nominal
+# 95% (4 items have at most 35 distinct resamples), so no interval is given and no
+# claim made from it; nor is a detectable effect computed from a spread of zero.
+MIN_BOOTSTRAP_ITEMS = 10
+TOO_FEW_ITEMS = f"too few items for a bootstrap interval (fewer than {MIN_BOOTSTRAP_ITEMS})"
 BOOTSTRAP_SEEDS = "hierarchical bootstrap (seeds, then items)"
 NEWCOMBE = "Newcombe hybrid score interval, exact McNemar test (one seed: item variance only)"
 
@@ -425,9 +430,7 @@ def paired_difference(
 
     value, lo, hi, se = hierarchical_bootstrap(data, stat, crossed=crossed, resamples=resamples,
                                                confidence=confidence, seed=seed)
-    return Difference(value, lo, hi, len(groups[0][0]), len(groups),
-                      BOOTSTRAP_SEEDS if len(groups) > 1 else BOOTSTRAP_ITEMS,
-                      mde=None if se is None else mde_from_se(se, confidence))
+    return _bootstrapped(value, lo, hi, se, len(groups[0][0]), len(groups), confidence)
 
 
 def strata_difference(
@@ -443,9 +446,18 @@ def strata_difference(
     value, lo, hi, se = hierarchical_bootstrap(groups, statistic, resamples=resamples,
                                                confidence=confidence, seed=seed)
     n = min(len(v) for v in groups[0].values())
-    return Difference(value, lo, hi, n, len(groups),
-                      BOOTSTRAP_SEEDS if len(groups) > 1 else BOOTSTRAP_ITEMS,
-                      mde=None if se is None else mde_from_se(se, confidence))
+    return _bootstrapped(value, lo, hi, se, n, len(groups), confidence)
+
+
+def _bootstrapped(value: float, lo: float | None, hi: float | None, se: float | None,
+                  n: int, seeds: int, confidence: float) -> Difference:
+    """A bootstrap difference, without an interval where one seed has too few items
+    (see MIN_BOOTSTRAP_ITEMS) and without a detectable effect where the spread is 0."""
+    if seeds == 1 and n < MIN_BOOTSTRAP_ITEMS:
+        return Difference(value, None, None, n, seeds, TOO_FEW_ITEMS)
+    mde = mde_from_se(se, confidence) if se else None
+    return Difference(value, lo, hi, n, seeds,
+                      BOOTSTRAP_SEEDS if seeds > 1 else BOOTSTRAP_ITEMS, mde=mde)
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -482,7 +494,11 @@ def verdict(a: str, b: str, measure: str, diff: Difference, higher_is_better: bo
         phrase = (better or f"is better on {measure} than") if good else (
             worse or f"is worse on {measure} than")
         return f"{a} {phrase} {b}: {numbers}"
-    if diff.mde is None:
+    if diff.method == TOO_FEW_ITEMS:
+        reach = f"{TOO_FEW_ITEMS}: n={diff.n}"
+    elif diff.low is not None and diff.low == diff.high:
+        reach = f"no variation between items at {sample_size(diff)}"
+    elif diff.mde is None:
         reach = f"no interval at {sample_size(diff)}"
     else:
         u = f" {unit}" if unit else ""

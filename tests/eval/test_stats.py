@@ -8,7 +8,9 @@ import pytest
 from eval.stats import (
     BOOTSTRAP_ITEMS,
     BOOTSTRAP_SEEDS,
+    MIN_BOOTSTRAP_ITEMS,
     NEWCOMBE,
+    TOO_FEW_ITEMS,
     Difference,
     clopper_pearson,
     hierarchical_bootstrap,
@@ -90,6 +92,25 @@ def test_detectable_effects():
     assert (za * 0.2 ** 0.5 + zb * (0.2 - delta ** 2) ** 0.5) ** 2 / delta ** 2 == (
         pytest.approx(100, rel=1e-6))
     assert mde_mcnemar(400, 0.2) < delta  # more pairs, smaller detectable effect
+
+
+def test_too_few_items_give_no_interval_and_no_claim():
+    # 4 items, a large consistent difference: a percentile bootstrap would exclude zero,
+    # but over so few items it covers far less than 95%, so nothing is claimed.
+    a, b = [0.9, 1.0, 1.1, 1.0], [0.0, 0.1, 0.0, 0.1]
+    d = paired_difference([(a, b)], mean)
+    assert len(a) < MIN_BOOTSTRAP_ITEMS
+    assert d.method == TOO_FEW_ITEMS and (d.low, d.high, d.mde) == (None, None, None)
+    assert d.value == pytest.approx(0.95)
+    line = verdict("x", "y", "m", d, True)
+    assert "cannot tell" in line and "too few items" in line
+
+
+def test_no_spread_gives_no_detectable_effect():
+    a = b = [1.0] * 12
+    d = paired_difference([(a, b)], mean)
+    assert (d.value, d.low, d.high, d.mde) == (0.0, 0.0, 0.0, None)
+    assert "no variation between items" in verdict("x", "y", "m", d, True)
 
 
 def test_paired_bootstrap_recovers_a_known_difference():
