@@ -322,9 +322,10 @@ class TeacherService:
         return await self._encode_off_loop(host, prompt, field_name)
 
     async def _encode_off_loop(
-        self, host: ModelHost, prompt: PromptInput, field_name: str
+        self, host: ModelHost, prompt: PromptInput, field_name: str, checked: bool = False
     ) -> list[int]:
-        self._check_prompt(host, prompt, field_name)  # cheap checks first, on the loop
+        if not checked:  # cheap checks first, on the loop
+            self._check_prompt(host, prompt, field_name)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             host.tokenize_executor, functools.partial(
@@ -657,8 +658,10 @@ class TeacherService:
         for i, item in enumerate(items):
             if not item.completion:
                 raise InvalidArgument(f"items[{i}].completion", "empty completion")
+            # Checked once, with the completion's length; then tokenized off the loop.
             self._check_prompt(host, item.prompt, f"items[{i}]", len(item.completion))
-            prompt_ids = await self._encode_off_loop(host, item.prompt, f"items[{i}].prompt")
+            prompt_ids = await self._encode_off_loop(host, item.prompt, f"items[{i}].prompt",
+                                                     checked=True)
             completion_ids = await self._encode_completion(host, item.completion)
             if len(prompt_ids) + len(completion_ids) > context:
                 raise InvalidArgument(
