@@ -179,11 +179,15 @@ class Headline:
     measure: Measure
     metric: str
     control: Measure | None = None  # DiD: the same measure on held-out controls
+    scale: float = 100.0  # DiD of proportions in points; of log-probabilities, 1 (nats)
 
     def phrases(self) -> tuple[str, str]:
         return _PHRASES.get(self.group, ("", ""))
 
 
+# The memorization measure of the main table: ROUGE-L above the threshold for the
+# generated settings, the log-probability for "loss".
+TABLE_MEMORIZATION = ("rouge_l_above", "logprob")
 _PHRASES = {"target": ("scores higher than", "scores lower than"),
             "forgetting": ("forgets less than", "forgets more than"),
             "memorization": ("memorizes less than", "memorizes more than")}
@@ -201,10 +205,11 @@ def headlines(metrics: Sequence[Metric]) -> list[Headline]:
             if term.path[0] == MEMORIZATION_INCREASE:
                 control = measures.get(m.name.replace("/train/", "/control/"))
                 label = f"memorization DiD {'/'.join(term.path[1:])}"
-                column = f"{MEMORIZATION_INCREASE}:{term.path[1]}" if term.path[-1] == (
-                    "rouge_l_above") else ""
+                column = f"{MEMORIZATION_INCREASE}:{term.path[1]}" if term.path[-1] in (
+                    TABLE_MEMORIZATION) else ""
                 out.append(Headline(f"memorization/{'/'.join(term.path[1:])}", column, label,
-                                    metric.group, m.higher_is_better, m, metric.name, control))
+                                    metric.group, m.higher_is_better, m, metric.name, control,
+                                    100.0 if term.unit == "points" else 1.0))
             else:
                 column = ":".join(term.path)
                 out.append(Headline(m.name, column, m.name, metric.group, m.higher_is_better,
@@ -278,7 +283,7 @@ class _Comparer:
                 return None
             return strata_difference(
                 groups, lambda g: _did(g, h.measure.field) - _did(g, h.measure.field, "ref_"),
-                **opts).scaled(100.0)
+                **opts).scaled(h.scale)
         seeds = [_pair(self.rows(ra, h, h.measure), self.rows(rb, h, h.measure))
                  for ra, rb in pairs]
         return self._measure_difference(seeds, h)
@@ -290,7 +295,7 @@ class _Comparer:
                 return None
             return strata_difference(groups, lambda g: _did(g, h.measure.field),
                                      resamples=self.resamples, confidence=self.confidence,
-                                     seed=self.seed).scaled(100.0)
+                                     seed=self.seed).scaled(h.scale)
         seeds = [_pair(self.rows(r, h, h.measure), self.rows(r, h, h.measure, "base"))
                  for r in runs]
         return self._measure_difference(seeds, h)
@@ -315,7 +320,8 @@ class _Comparer:
 
 def _units(h: Headline, diff: Difference) -> tuple[str, int]:
     """Unit and decimals: points for proportions, else enough to show the MDE."""
-    if diff.method == NEWCOMBE or h.control is not None or diff.discordant is not None:
+    if diff.method == NEWCOMBE or diff.discordant is not None or (
+            h.control is not None and h.scale == 100.0):
         return "pts", 1
     scale = diff.mde or abs(diff.value) or 1.0
     return "", max(1, min(5, 1 - math.floor(math.log10(scale))))
@@ -538,8 +544,10 @@ def _table(arms: Sequence[dict[str, Any]], heads: Sequence[Headline],
         ("target gain (pts)", TARGET_GAIN, lambda a: a["target_gain"], True, 1),
         *[(f"forgetting {t}{_unit(arms, t)}", f"{FORGETTING}:{t}",
            lambda a, t=t: a["forgetting"].get(t), False, 2) for t in tasks],
-        *[(f"{mem} {s} (pts)", f"{MEMORIZATION_INCREASE}:{s}",
-           lambda a, s=s: (a["memorization"].get(s) or {}).get("rouge_l_above"), False, 1)
+        *[(f"{mem} {s} ({'nats' if s == 'loss' else 'pts'})", f"{MEMORIZATION_INCREASE}:{s}",
+           lambda a, s=s: (a["memorization"].get(s) or {}).get(
+               "logprob" if s == "loss" else "rouge_l_above"),
+           False, 3 if s == "loss" else 1)
           for s in settings],
         ("train-data ppl (base)", "", lambda a: a["train_ppl"], None, 2),
         ("val − train loss", "", lambda a: a["fit_gap"], None, 3),
@@ -649,7 +657,8 @@ def _comparison_section(rows: Sequence[dict[str, Any]], ref: str | None,
            "difference; detectable effect (z₀.₉₇₅ + z₀.₈) × its bootstrap standard error. "
            "Proportions of one seed: detectable effect from the discordant rate (Connor "
            "1987). Memorization: (tuned − base) on trained items minus the same on held-out "
-           "controls, by reproduction (the memorization metric records no loss)."]
+           "controls, by reproduction and by loss (the mean log-probability of the trained "
+           "response, nats)."]
     if seeds <= 1:
         md += ["", "⚠ One training seed per arm: these intervals cover item variance only, "
                "not run-to-run variance (which can be many times larger); train several "
@@ -780,7 +789,8 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
           "wikitext: % more bits per byte); they are not averaged. Lower is better; "
           "negative means improved.",
           "- *memorization DiD*: (tuned − base) share of responses reproduced with ROUGE-L ≥ "
-          "the threshold on trained items, minus the same on held-out controls (points)."
+          "the threshold on trained items, minus the same on held-out controls (points); "
+          "*loss*: the same of the responses' mean log-probability per token (nats)."
           if any(a["memorization_did"] for a in arms) else
           "- *memorization ↑*: increase over the base model in the share of trained responses "
           "reproduced with ROUGE-L ≥ the threshold (no items recorded: not corrected by the "

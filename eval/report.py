@@ -133,7 +133,8 @@ def memorization_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:
     difference-in-differences over held-out controls where the report has it), with
     95% intervals."""
     plt = _plt()
-    settings = sorted({s for a in arms for s in (a.get("memorization") or {})})
+    settings = sorted({s for a in arms for s, m in (a.get("memorization") or {}).items()
+                       if "rouge_l_above" in (m or {})})  # "loss" is in nats: not on this axis
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(arms) + 2), 4.2), dpi=120)
     width = 0.8 / max(1, len(settings))
     for j, setting in enumerate(settings):

@@ -167,9 +167,10 @@ def memorization_signs(memorization: Mapping[str, Any] | None, did: bool) -> lis
             ci = (est or {}).get("ci") or [None, None]
             if value is None or ci[0] is None or ci[0] <= 0:
                 continue
+            unit, digits = ("nats", 3) if setting == "loss" else ("pts", 1)
             out.append(Sign("memorization", value, 0.0,
-                            f"memorization {what} {setting}/{name} {value:+.1f} pts "
-                            f"[{ci[0]:.1f}, {ci[1]:.1f}], interval above 0"))
+                            f"memorization {what} {setting}/{name} {value:+.{digits}f} {unit} "
+                            f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}], interval above 0"))
     return out
 
 

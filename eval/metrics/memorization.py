@@ -8,7 +8,11 @@ on, in two settings:
 * ``question``: prompted with the training prompt (the question) alone; the output
   is compared with the whole trained response;
 * ``half_response``: prompted with the question plus the first half of the trained
-  response (by model tokens); the output is compared with the second half.
+  response (by model tokens); the output is compared with the second half;
+* ``loss``: no generation: the trained response is scored after the question, its
+  mean per-token log-probability (``logprob``). Memorization by loss: a model that
+  learned the training texts themselves, not just their kind, raises it more on the
+  trained items than on the controls.
 
 Per item: exact match (after collapsing whitespace), ROUGE-L F1 (``rouge-score``,
 its default tokenizer: lower-cased alphanumeric words) and whether it reaches a
@@ -19,7 +23,9 @@ ground-truth runs; the controls (the run's validation examples) tell copying
 apart from merely writing the same kind of text.
 
 Measures, per setting and split: exact match, ROUGE-L share above the threshold,
-mean ROUGE-L and mean longest common run.
+mean ROUGE-L and mean longest common run (``loss``: the mean log-probability). The
+comparison reports each as a difference-in-differences: (tuned − base) on trained
+items minus the same on the controls.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from eval.metrics.base import (
 )
 from teacher.core.config import ConfigError
 
-SETTINGS = ("question", "half_response")
+SETTINGS = ("question", "half_response", "loss")
+GENERATED = ("question", "half_response")
 DEFAULT_ROUGE_THRESHOLD = 0.8
 
 
@@ -160,7 +167,9 @@ class Memorization(Metric):
         return [train_examples_fingerprint(data.train), train_examples_fingerprint(data.control)]
 
     def count(self, data: MemorizationData) -> int:
-        return (len(data.train) + len(data.control)) * len(self.settings.settings)
+        # Progress counts generations; the loss setting is one scoring call.
+        generated = [s for s in self.settings.settings if s in GENERATED]
+        return (len(data.train) + len(data.control)) * len(generated)
 
     async def compute(self, model: Any, data: MemorizationData, *, data_dir: Path | None,
                       progress: Any = None) -> list[Row]:
@@ -168,7 +177,12 @@ class Memorization(Metric):
         tokenizer = model.tokenizer
         pools = [("train", ex) for ex in data.train] + [("control", ex) for ex in data.control]
         rows: list[Row] = []
-        for setting in cfg.settings:
+        if "loss" in cfg.settings:
+            scores = await model.score([(ex.prompt, ex.response) for _, ex in pools])
+            rows += [{"id": ex.id, "setting": "loss", "split": split, "tokens": n,
+                      "logprob": -nll / n if n else 0.0}
+                     for (split, ex), (nll, n) in zip(pools, scores, strict=True)]
+        for setting in (s for s in cfg.settings if s in GENERATED):
             prompts: list[Any] = []
             targets: list[str] = []
             longest = 0
@@ -196,6 +210,10 @@ class Memorization(Metric):
             for split in SPLITS:
                 where = (("setting", setting), ("split", split))
                 prefix = f"memorization/{setting}/{split}"
+                if setting == "loss":
+                    out.append(Measure(f"{prefix}/logprob", False, "mean", "logprob", where,
+                                       "mean log-probability per token of the response"))
+                    continue
                 out += [
                     Measure(f"{prefix}/exact_match", False, "mean", "exact_match", where),
                     Measure(f"{prefix}/rouge_l_above", False, "mean", "rouge_l_above", where),
@@ -208,7 +226,10 @@ class Memorization(Metric):
         terms = []
         for m in self.measures():
             _, setting, split, name = m.name.split("/")
-            if split == "train" and name in _INCREASE:
+            if split == "train" and name == "logprob":
+                terms.append(SummaryTerm((MEMORIZATION_INCREASE, setting, name), m, "nats",
+                                         lambda x, y: x - y))
+            elif split == "train" and name in _INCREASE:
                 terms.append(SummaryTerm((MEMORIZATION_INCREASE, setting, name), m, "points",
                                          lambda x, y: 100.0 * (x - y)))
         return terms

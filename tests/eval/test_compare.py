@@ -205,16 +205,17 @@ def test_seed_spread_groups_runs_of_one_arm():
 
 SUITE = {"metrics": ["gsm8k", "bbh", "wikitext", "memorization"],
          "gsm8k": {"limit": 40}, "bbh": {"subtasks": ["boolean_expressions"], "limit": 60},
-         "wikitext": {"limit": 30}, "memorization": {"n": 30, "settings": ["question"]},
+         "wikitext": {"limit": 30}, "memorization": {"n": 30, "settings": ["question", "loss"]},
          "confidence": 0.95, "bootstrap_resamples": 300, "seed": 0}
 
 
 def itemized_arm(root: Path, name: str, *, kind: str, seed: int, bbh_kept: int,
-                 bpb_shift: float, memorized: int) -> Path:
+                 bpb_shift: float, memorized: int, learned: float = 0.0) -> Path:
     """A run whose eval recorded items.jsonl: base and tuned rows of every metric.
     bbh: the tuned model keeps ``bbh_kept`` of the base's 50 right answers (of 60);
     wikitext: every document's log-likelihood moves by ``bpb_shift`` bits per byte;
-    memorization: ``memorized`` of 30 trained responses reproduced, 2 of 30 controls."""
+    memorization: ``memorized`` of 30 trained responses reproduced, 2 of 30 controls;
+    by loss: trained responses' log-probability up by ``learned``, the controls' by 0.1."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -256,6 +257,13 @@ def itemized_arm(root: Path, name: str, *, kind: str, seed: int, bbh_kept: int,
                 rows.append({"metric": "memorization", "subject": subject, "id": f"{split}{i}",
                              "setting": "question", "split": split, "exact_match": float(hit),
                              "rouge_l_above": float(hit), "rouge_l": float(hit), "lcs_run": 1.0})
+    for split, rise in (("train", learned), ("control", 0.1)):
+        for i in range(30):
+            base = -1.0 - 0.01 * i
+            for subject, value in (("base", base),
+                                   ("model", base + rise + 0.02 * rng.standard_normal())):
+                rows.append({"metric": "memorization", "subject": subject, "id": f"{split}{i}",
+                             "setting": "loss", "split": split, "logprob": value, "tokens": 50})
     (out / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run
 
@@ -263,9 +271,9 @@ def itemized_arm(root: Path, name: str, *, kind: str, seed: int, bbh_kept: int,
 def test_compare_pairs_arms_with_ground_truth_from_items(tmp_path):
     runs = [
         itemized_arm(tmp_path, "ground_truth", kind="ground_truth", seed=42, bbh_kept=30,
-                     bpb_shift=0.05, memorized=20),
+                     bpb_shift=0.05, memorized=20, learned=0.5),
         itemized_arm(tmp_path, "trace", kind="teacher", seed=42, bbh_kept=49,
-                     bpb_shift=0.002, memorized=3),
+                     bpb_shift=0.002, memorized=3, learned=0.1),
     ]
     report = compare(runs, tmp_path / "report")
     md = report["markdown"]
@@ -291,6 +299,16 @@ def test_compare_pairs_arms_with_ground_truth_from_items(tmp_path):
     assert arm_gt["memorization"]["question"]["rouge_l_above"]["value"] == pytest.approx(60.0)
     assert "memorization DiD question (pts)" in md
     assert "- trace memorizes less than ground_truth: memorization DiD question/rouge_l_above" in md
+    # By loss, in nats (not points): ground truth raised its trained responses'
+    # log-probability 0.5 against the controls' 0.1 (DiD 0.4); trace 0.1 against 0.1.
+    gt_loss = by[("ground_truth", "base", "memorization/loss/logprob")]
+    assert gt_loss["value"] == pytest.approx(0.4, abs=0.02)
+    assert gt_loss["ci"][0] > 0.35 and gt_loss["ci"][1] < 0.45
+    tr_loss = by[("trace", "ground_truth", "memorization/loss/logprob")]
+    assert tr_loss["value"] == pytest.approx(-0.4, abs=0.02) and tr_loss["ci"][1] < 0
+    assert arm_gt["memorization"]["loss"]["logprob"]["value"] == pytest.approx(0.4, abs=0.02)
+    assert "memorization DiD loss (nats)" in md
+    assert "- trace memorizes less than ground_truth: memorization DiD loss/logprob −0.4" in md
     # gsm8k: same base, noisy tuned answers: no claim, with the detectable effect.
     gsm = [line for line in md.splitlines()
            if line.startswith("- trace vs ground_truth: the data cannot tell on gsm8k")]

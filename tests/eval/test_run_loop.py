@@ -58,7 +58,7 @@ def test_every_metric_through_the_loop(served, tiny_model, tmp_path, data_dir):
     assert mc["n"] == 4 and mc["method"] == "Clopper-Pearson" and mc["higher_is_better"]
     assert mc["ci"][0] <= mc["value"] <= mc["ci"][1] and mc["ci"][1] - mc["ci"][0] > 0.3
     assert summary["target_gain"]["value"] == pytest.approx(100 * gsm["delta"]["value"])
-    assert set(summary["memorization_increase"]) == {"question", "half_response"}
+    assert set(summary["memorization_increase"]) == {"question", "half_response", "loss"}
     assert results["checkpoints"][0]["step"] == 2
     assert {"gsm8k/flexible_extract", "reference_ppl/gsm8k"} <= set(results["checkpoints"][0])
     lines = (tmp_path / "out" / "items.jsonl").read_text().splitlines()

@@ -64,12 +64,16 @@ async def test_memorization_rows_for_both_settings_and_splits():
     model = FakeModel(copy_of_the_trained)
     rows = await metric.compute(model, data, data_dir=None)
     assert [(r["setting"], r["split"]) for r in rows] == [
+        ("loss", "train"), ("loss", "control"),
         ("question", "train"), ("question", "control"),
         ("half_response", "train"), ("half_response", "control")]
-    assert [r["exact_match"] for r in rows] == [1.0, 0.0, 1.0, 0.0]
+    # By loss: the stand-in's log-probability is -1 per word, so the mean is -1.
+    assert [(r["logprob"], r["tokens"]) for r in rows[:2]] == [(-1.0, 4), (-1.0, 4)]
+    assert [r["exact_match"] for r in rows[2:]] == [1.0, 0.0, 1.0, 0.0]
     # The half-response prompt: the chat prompt, then the first half by tokens.
     assert model.prompts[2] == "user: How many clips?\nassistant: a b"
     assert metric.count(data) == 4
     train_terms = [t.path for t in metric.summary()]
     assert ("memorization_increase", "question", "rouge_l_above") in train_terms
+    assert ("memorization_increase", "loss", "logprob") in train_terms
     assert all(t.measure.where[1] == ("split", "train") for t in metric.summary())
