@@ -204,6 +204,43 @@ def _plan(suite: Suite, metrics: dict[str, Metric], run: RunDir | None,
     return plan
 
 
+async def precompute_shared(model: str, suite: Suite, run_dirs: Sequence[Path], *,
+                            data_dir: Path | None, cache: ResultCache) -> dict[str, float]:
+    """Fill ``cache`` with the rows of every in-process metric that scores many adapters
+    at once (:attr:`Metric.compute_many`), for every adapter of ``run_dirs`` (final and,
+    where the metric asks, checkpoints) not cached yet; :func:`run_eval` then finds
+    them. Returns the seconds each metric took."""
+    from teacher.core.models import resolve
+
+    base_path = Path(resolve(model))
+    fit_context(suite)
+    identity = model_identity(base_path, suite)
+    timings: dict[str, float] = {}
+    for metric in suite_metrics(suite):
+        if not (metric.in_process and metric.compute_many) or not metric.needs_model:
+            continue
+        groups: dict[str, tuple[Any, list[tuple[dict[str, Any], Path]]]] = {}
+        for run_dir in run_dirs:
+            run = RunDir(run_dir)
+            data = metric.load(run, data_dir)
+            subset = metric.subset(data)
+            for s in _subjects(run, {metric.name: metric}, False):
+                if s.adapter_dir is None or (s.step is not None and not metric.on_checkpoints):
+                    continue
+                key = cache.key(identity, s.adapter_hash, metric.name, subset)
+                if cache.get(key) is None:
+                    groups.setdefault(subset, (data, []))[1].append((key, s.adapter_dir))
+        for data, todo in groups.values():
+            t0 = time.perf_counter()
+            log.info("evaluating %d adapters at once: %s", len(todo), metric.name)
+            per_adapter = await metric.compute_many(base_path, [d for _, d in todo], data)
+            for (key, _), rows in zip(todo, per_adapter, strict=True):
+                cache.put(key, rows)
+            timings[metric.name] = round(timings.get(metric.name, 0.0)
+                                         + time.perf_counter() - t0, 3)
+    return timings
+
+
 async def run_eval(
     model: str,
     suite: Suite,

@@ -93,7 +93,7 @@ def stage_train(plan_: Plan, out: Path, view: LiveView) -> None:
 async def stage_eval(plan_: Plan, out: Path, view: LiveView, progress: bool) -> list[Path]:
     from eval.cache import ResultCache
     from eval.loading import serve
-    from eval.runner import RESULTS, fit_context, run_eval
+    from eval.runner import RESULTS, fit_context, precompute_shared, run_eval
     from eval.suite import load_suite
     from teacher.core.rundir import RunDir
 
@@ -122,6 +122,12 @@ async def stage_eval(plan_: Plan, out: Path, view: LiveView, progress: bool) -> 
                                results_dir, adapter=run_dir, data_dir=plan_.data_dir,
                                cache=cache, progress=progress, base_service=base_service,
                                base_only=True)
+    if len(pending) > 1:  # in-process metrics of every run's adapter from one base model
+        shared = await precompute_shared(
+            c.student, load_suite(c.eval.suite, c.eval.overrides),
+            [run_dir for _, run_dir, _, _ in pending], data_dir=plan_.data_dir, cache=cache)
+        for name, seconds in shared.items():
+            view.say(f"  eval ▸ {name} of {len(pending)} runs at once: {seconds:.0f} s")
     for run, run_dir, results_dir, unit in pending:
         suite = load_suite(c.eval.suite, c.eval.overrides)
         started = view.start(unit, f"{suite.name} suite on base + {run.name} adapter")

@@ -191,6 +191,11 @@ class Metric:
         :class:`eval.metrics.model.ModelFiles` for an ``in_process`` metric)."""
         raise NotImplementedError
 
+    # An in_process metric may also score several adapters of one base in one go
+    # (``async compute_many(base_path, adapter_dirs, data) -> rows per adapter``), e.g.
+    # sharing the base model's pass: the experiment uses it for all its runs at once.
+    compute_many: ClassVar[Any] = None
+
     def measures(self) -> list[Measure]:
         return []
 

@@ -179,11 +179,20 @@ class KlForgetting(Metric):
         if model.adapter_dir is None:
             raise ValueError("kl_forgetting compares a tuned model with its base: "
                              "it needs an adapter (the base model's values are 0)")
-        return await asyncio.to_thread(self._compute, Path(model.base_path),
-                                       Path(model.adapter_dir), data, progress)
+        (rows,) = await asyncio.to_thread(self._compute, Path(model.base_path),
+                                          [Path(model.adapter_dir)], data, progress)
+        return rows
 
-    def _compute(self, base_path: Path, adapter_dir: Path, data: list[Text],
-                 progress: Any) -> list[Row]:
+    async def compute_many(self, base_path: Path, adapter_dirs: Sequence[Path],
+                           data: list[Text]) -> list[list[Row]]:
+        """Each adapter's rows, from one load of the base and one base pass per batch
+        (an experiment's runs share their base: half the forward passes of one
+        :meth:`compute` per run)."""
+        return await asyncio.to_thread(self._compute, Path(base_path),
+                                       [Path(d) for d in adapter_dirs], data, None)
+
+    def _compute(self, base_path: Path, adapter_dirs: Sequence[Path], data: list[Text],
+                 progress: Any) -> list[list[Row]]:
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
@@ -197,14 +206,22 @@ class KlForgetting(Metric):
         dtype = s.dtype if s.dtype != "auto" else (
             "bfloat16" if device.startswith("cuda") else "float32")
         base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=getattr(torch, dtype))
-        check_adapter_fits(base, adapter_dir, str(base_path))
-        model = PeftModel.from_pretrained(base, str(adapter_dir)).to(device).eval()
+        names = [f"subject{i}" for i in range(len(adapter_dirs))]
+        model = None
+        for name, adapter_dir in zip(names, adapter_dirs, strict=True):
+            check_adapter_fits(base, adapter_dir, str(base_path))
+            if model is None:
+                model = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=name)
+            else:
+                model.load_adapter(str(adapter_dir), adapter_name=name)
+        assert model is not None
+        model = model.to(device).eval()
         tokenizer = PromptTokenizer.from_pretrained(str(base_path))
         seqs = self.sequences(tokenizer, data)
         pad = tokenizer.hf.pad_token_id
         pad = pad if pad is not None else (tokenizer.eos_token_id or 0)
 
-        rows: dict[int, Row] = {}
+        rows: list[dict[int, Row]] = [{} for _ in names]
         done_texts: set[int] = set()
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))  # less padding
         for start in range(0, len(order), s.batch_size):
@@ -217,21 +234,24 @@ class KlForgetting(Metric):
                 mask[b, : len(q.ids)] = 1
             ids, mask = ids.to(device), mask.to(device)
             with torch.inference_mode():
-                tuned = model(input_ids=ids, attention_mask=mask).logits
                 with model.disable_adapter():
                     plain = model(input_ids=ids, attention_mask=mask).logits
-                for b, q in enumerate(batch):
-                    n = len(q.ids)
-                    kl, dnll, flip = token_stats(plain[b, q.scored_from - 1 : n - 1],
-                                                 tuned[b, q.scored_from - 1 : n - 1],
-                                                 ids[b, q.scored_from : n])
-                    rows[order[start + b]] = _row(q, kl, dnll, flip)
-            del tuned, plain
+                for j, name in enumerate(names):
+                    model.set_adapter(name)
+                    tuned = model(input_ids=ids, attention_mask=mask).logits
+                    for b, q in enumerate(batch):
+                        n = len(q.ids)
+                        kl, dnll, flip = token_stats(plain[b, q.scored_from - 1 : n - 1],
+                                                     tuned[b, q.scored_from - 1 : n - 1],
+                                                     ids[b, q.scored_from : n])
+                        rows[j][order[start + b]] = _row(q, kl, dnll, flip)
+                    del tuned
+            del plain
             if progress is not None:  # one step per text (a document's chunks: its first)
                 fresh = {q.text for q in batch} - done_texts
                 done_texts |= fresh
                 progress.update(len(fresh))
-        return [rows[i] for i in range(len(seqs))]
+        return [[r[i] for i in range(len(seqs))] for r in rows]
 
     def sequences(self, tokenizer: Any, data: Sequence[Text]) -> list[Scored]:
         """The rows' token ids (``tokenizer``: a

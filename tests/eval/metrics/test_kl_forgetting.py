@@ -98,7 +98,7 @@ def test_rows_equal_a_direct_computation(tiny_model, data_dir, tmp_path):
     metric = KlForgetting(SMALL)
     data = metric.load(None, data_dir)
     assert [t.source for t in data] == ["wikitext"] * 2 + ["bbh"] * 2
-    rows = metric._compute(tiny_model, adapter, data, None)
+    (rows,) = metric._compute(tiny_model, [adapter], data, None)
     tokenizer = PromptTokenizer.from_pretrained(str(tiny_model))
     seqs = metric.sequences(tokenizer, data)
     assert [r["id"] for r in rows] == [q.id for q in seqs]
@@ -196,3 +196,43 @@ def test_through_the_runner_no_service_and_no_base(tiny_model, tmp_path, data_di
     no_run = runner.run_eval_sync(str(tiny_model), suite, tmp_path / "base", data_dir=data_dir,
                                   cache=ResultCache(tmp_path / "cache"), progress=False)
     assert "kl_forgetting" in no_run["skipped"] and served == []
+
+
+async def test_many_adapters_at_once_equal_one_at_a_time(tiny_model, data_dir, tmp_path):
+    """One base pass shared by several adapters gives each the rows it gets alone."""
+    a = _adapter(tiny_model, tmp_path / "a", scale=0.05)
+    b = _adapter(tiny_model, tmp_path / "b", scale=0.2)
+    metric = KlForgetting(SMALL)
+    data = metric.load(None, data_dir)
+    together = await metric.compute_many(tiny_model, [a, b], data)
+    alone = [await metric.compute(ModelFiles(tiny_model, d), data, data_dir=data_dir)
+             for d in (a, b)]
+    for rows_t, rows_a in zip(together, alone, strict=True):
+        assert [r["id"] for r in rows_t] == [r["id"] for r in rows_a]
+        for rt, ra in zip(rows_t, rows_a, strict=True):
+            assert rt["kl"] == pytest.approx(ra["kl"], rel=1e-5, abs=1e-9)
+            assert rt["nll_change"] == pytest.approx(ra["nll_change"], rel=1e-5, abs=1e-8)
+            assert rt["flip_rate"] == ra["flip_rate"]
+    # The bigger adapter moved the model further on every row.
+    assert all(rb["kl"] > ra["kl"] for ra, rb in zip(*together, strict=True))
+
+
+def test_precompute_shared_fills_the_cache_run_eval_reads(tiny_model, tmp_path, data_dir):
+    runs = [make_run_dir(tmp_path / f"r{i}", tiny_model, data_dir) for i in range(2)]
+    overrides = ["metrics=[kl_forgetting]", "kl_forgetting.documents=1",
+                 "kl_forgetting.chunk_tokens=16",
+                 "kl_forgetting.bbh_subtasks=[boolean_expressions]", "kl_forgetting.bbh_limit=1"]
+    cache = ResultCache(tmp_path / "cache")
+    timings = runner.asyncio.run(runner.precompute_shared(
+        str(tiny_model), load_suite("smoke", overrides), runs, data_dir=data_dir, cache=cache))
+    assert set(timings) == {"kl_forgetting"}
+    for i, run in enumerate(runs):
+        results = runner.run_eval_sync(str(tiny_model), load_suite("smoke", overrides),
+                                       tmp_path / f"out{i}", adapter=run, data_dir=data_dir,
+                                       cache=ResultCache(tmp_path / "cache"), progress=False)
+        assert results["cache"]["misses"] == 0 and results["cache"]["hits"] >= 1
+        fresh = runner.run_eval_sync(str(tiny_model), load_suite("smoke", overrides),
+                                     tmp_path / f"fresh{i}", adapter=run, data_dir=data_dir,
+                                     cache=ResultCache(tmp_path / f"c{i}"), progress=False)
+        got, want = (r["metrics"]["kl_forgetting/wikitext/kl"] for r in (results, fresh))
+        assert got["value"] == pytest.approx(want["value"], rel=1e-5)
