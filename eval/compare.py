@@ -179,7 +179,11 @@ class Headline:
     measure: Measure
     metric: str
     control: Measure | None = None  # DiD: the same measure on held-out controls
-    scale: float = 100.0  # DiD of proportions in points; of log-probabilities, 1 (nats)
+    unit: str = "points"  # the summary term's unit: points (proportions x100) or nats
+
+    @property
+    def scale(self) -> float:
+        return 100.0 if self.unit == "points" else 1.0
 
     def phrases(self) -> tuple[str, str]:
         return _PHRASES.get(self.group, ("", ""))
@@ -209,7 +213,7 @@ def headlines(metrics: Sequence[Metric]) -> list[Headline]:
                     TABLE_MEMORIZATION) else ""
                 out.append(Headline(f"memorization/{'/'.join(term.path[1:])}", column, label,
                                     metric.group, m.higher_is_better, m, metric.name, control,
-                                    100.0 if term.unit == "points" else 1.0))
+                                    term.unit))
             else:
                 column = ":".join(term.path)
                 out.append(Headline(m.name, column, m.name, metric.group, m.higher_is_better,
@@ -321,7 +325,7 @@ class _Comparer:
 def _units(h: Headline, diff: Difference) -> tuple[str, int]:
     """Unit and decimals: points for proportions, else enough to show the MDE."""
     if diff.method == NEWCOMBE or diff.discordant is not None or (
-            h.control is not None and h.scale == 100.0):
+            h.control is not None and h.unit == "points"):
         return "pts", 1
     scale = diff.mde or abs(diff.value) or 1.0
     return "", max(1, min(5, 1 - math.floor(math.log10(scale))))
@@ -531,6 +535,17 @@ def _unit(arms: Sequence[dict[str, Any]], task: str) -> str:
     return f" ({units.pop()})" if len(units) == 1 else ""
 
 
+def _memorization(arm: Mapping[str, Any], setting: str) -> dict[str, Any] | None:
+    """The setting's main-table measure (:data:`TABLE_MEMORIZATION`), with its unit."""
+    measures = arm["memorization"].get(setting) or {}
+    return next((measures[k] for k in TABLE_MEMORIZATION if k in measures), None)
+
+
+def _memorization_unit(arms: Sequence[dict[str, Any]], setting: str) -> str:
+    units = {(_memorization(a, setting) or {}).get("unit") for a in arms}
+    return "nats" if "nats" in units else "pts"
+
+
 def _table(arms: Sequence[dict[str, Any]], heads: Sequence[Headline],
            comparer: _Comparer | None) -> str:
     tasks = sorted({t for a in arms for t in a["forgetting"]})
@@ -544,11 +559,9 @@ def _table(arms: Sequence[dict[str, Any]], heads: Sequence[Headline],
         ("target gain (pts)", TARGET_GAIN, lambda a: a["target_gain"], True, 1),
         *[(f"forgetting {t}{_unit(arms, t)}", f"{FORGETTING}:{t}",
            lambda a, t=t: a["forgetting"].get(t), False, 2) for t in tasks],
-        *[(f"{mem} {s} ({'nats' if s == 'loss' else 'pts'})", f"{MEMORIZATION_INCREASE}:{s}",
-           lambda a, s=s: (a["memorization"].get(s) or {}).get(
-               "logprob" if s == "loss" else "rouge_l_above"),
-           False, 3 if s == "loss" else 1)
-          for s in settings],
+        *[(f"{mem} {s} ({unit})", f"{MEMORIZATION_INCREASE}:{s}",
+           lambda a, s=s: _memorization(a, s), False, 3 if unit == "nats" else 1)
+          for s in settings for unit in [_memorization_unit(arms, s)]],
         ("train-data ppl (base)", "", lambda a: a["train_ppl"], None, 2),
         ("val − train loss", "", lambda a: a["fit_gap"], None, 3),
     ]
@@ -727,7 +740,7 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
             d = comparer.difference([arm], None, h)
             if d is not None:
                 setting, name = h.key.split("/")[1:]
-                did.setdefault(setting, {})[name] = d.to_dict()
+                did.setdefault(setting, {})[name] = {"unit": h.unit, **d.to_dict()}
         if did:
             arm["memorization"], arm["memorization_did"] = did, True
         arm["signs"] = [sign.to_dict() for sign in warning_signs(arm)]

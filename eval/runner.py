@@ -206,9 +206,9 @@ def _plan(suite: Suite, metrics: dict[str, Metric], run: RunDir | None,
 
 async def precompute_shared(model: str, suite: Suite, run_dirs: Sequence[Path], *,
                             data_dir: Path | None, cache: ResultCache) -> dict[str, float]:
-    """Fill ``cache`` with the rows of every in-process metric that scores many adapters
-    at once (:attr:`Metric.compute_many`), for every adapter of ``run_dirs`` (final and,
-    where the metric asks, checkpoints) not cached yet; :func:`run_eval` then finds
+    """Fill ``cache`` with the rows of every in-process metric (:meth:`Metric.compute_many`:
+    all adapters from one load of the base), for every adapter of ``run_dirs`` (final
+    and, where the metric asks, checkpoints) not cached yet; :func:`run_eval` then finds
     them. Returns the seconds each metric took."""
     from teacher.core.models import resolve
 
@@ -217,7 +217,7 @@ async def precompute_shared(model: str, suite: Suite, run_dirs: Sequence[Path], 
     identity = model_identity(base_path, suite)
     timings: dict[str, float] = {}
     for metric in suite_metrics(suite):
-        if not (metric.in_process and metric.compute_many) or not metric.needs_model:
+        if not metric.in_process or not metric.needs_model:
             continue
         groups: dict[str, tuple[Any, list[tuple[dict[str, Any], Path]]]] = {}
         for run_dir in run_dirs:
@@ -233,7 +233,8 @@ async def precompute_shared(model: str, suite: Suite, run_dirs: Sequence[Path], 
         for data, todo in groups.values():
             t0 = time.perf_counter()
             log.info("evaluating %d adapters at once: %s", len(todo), metric.name)
-            per_adapter = await metric.compute_many(base_path, [d for _, d in todo], data)
+            per_adapter = await metric.compute_many(base_path, [d for _, d in todo], data,
+                                                    data_dir=data_dir)
             for (key, _), rows in zip(todo, per_adapter, strict=True):
                 cache.put(key, rows)
             timings[metric.name] = round(timings.get(metric.name, 0.0)

@@ -167,7 +167,7 @@ def memorization_signs(memorization: Mapping[str, Any] | None, did: bool) -> lis
             ci = (est or {}).get("ci") or [None, None]
             if value is None or ci[0] is None or ci[0] <= 0:
                 continue
-            unit, digits = ("nats", 3) if setting == "loss" else ("pts", 1)
+            unit, digits = ("nats", 3) if est.get("unit") == "nats" else ("pts", 1)
             out.append(Sign("memorization", value, 0.0,
                             f"memorization {what} {setting}/{name} {value:+.{digits}f} {unit} "
                             f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}], interval above 0"))

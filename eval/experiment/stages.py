@@ -122,7 +122,7 @@ async def stage_eval(plan_: Plan, out: Path, view: LiveView, progress: bool) -> 
                                results_dir, adapter=run_dir, data_dir=plan_.data_dir,
                                cache=cache, progress=progress, base_service=base_service,
                                base_only=True)
-    if len(pending) > 1:  # in-process metrics of every run's adapter from one base model
+        # In-process metrics of every run's adapter from one load of the base model.
         shared = await precompute_shared(
             c.student, load_suite(c.eval.suite, c.eval.overrides),
             [run_dir for _, run_dir, _, _ in pending], data_dir=plan_.data_dir, cache=cache)

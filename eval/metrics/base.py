@@ -191,10 +191,15 @@ class Metric:
         :class:`eval.metrics.model.ModelFiles` for an ``in_process`` metric)."""
         raise NotImplementedError
 
-    # An in_process metric may also score several adapters of one base in one go
-    # (``async compute_many(base_path, adapter_dirs, data) -> rows per adapter``), e.g.
-    # sharing the base model's pass: the experiment uses it for all its runs at once.
-    compute_many: ClassVar[Any] = None
+    async def compute_many(self, base_path: Path, adapter_dirs: Sequence[Path],
+                           data: Any, *, data_dir: Path | None = None) -> list[list[Row]]:
+        """An ``in_process`` metric's rows for several adapters of one base, in order (an
+        experiment scores all its runs at once). By default one :meth:`compute` each; a
+        metric overrides it to share work, e.g. the base model's pass."""
+        from eval.metrics.model import ModelFiles
+
+        return [await self.compute(ModelFiles(Path(base_path), Path(d)), data, data_dir=data_dir)
+                for d in adapter_dirs]
 
     def measures(self) -> list[Measure]:
         return []

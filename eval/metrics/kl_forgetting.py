@@ -184,7 +184,8 @@ class KlForgetting(Metric):
         return rows
 
     async def compute_many(self, base_path: Path, adapter_dirs: Sequence[Path],
-                           data: list[Text]) -> list[list[Row]]:
+                           data: list[Text], *, data_dir: Path | None = None
+                           ) -> list[list[Row]]:
         """Each adapter's rows, from one load of the base and one base pass per batch
         (an experiment's runs share their base: half the forward passes of one
         :meth:`compute` per run)."""
@@ -207,14 +208,11 @@ class KlForgetting(Metric):
             "bfloat16" if device.startswith("cuda") else "float32")
         base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=getattr(torch, dtype))
         names = [f"subject{i}" for i in range(len(adapter_dirs))]
-        model = None
-        for name, adapter_dir in zip(names, adapter_dirs, strict=True):
+        for adapter_dir in adapter_dirs:
             check_adapter_fits(base, adapter_dir, str(base_path))
-            if model is None:
-                model = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=name)
-            else:
-                model.load_adapter(str(adapter_dir), adapter_name=name)
-        assert model is not None
+        model = PeftModel.from_pretrained(base, str(adapter_dirs[0]), adapter_name=names[0])
+        for name, adapter_dir in zip(names[1:], adapter_dirs[1:], strict=True):
+            model.load_adapter(str(adapter_dir), adapter_name=name)
         model = model.to(device).eval()
         tokenizer = PromptTokenizer.from_pretrained(str(base_path))
         seqs = self.sequences(tokenizer, data)
