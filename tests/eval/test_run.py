@@ -57,7 +57,7 @@ def test_smoke_suite_writes_results_with_intervals_and_deltas(smoke):
                               "gap": pytest.approx(0.5)}
     summary = results["summary"]
     assert set(summary["forgetting"]) == {"bbh", "wikitext", "bbh_mc", "overall"}
-    assert set(summary["memorization_increase"]) == {"question", "half_response"}
+    assert set(summary["memorization_increase"]) == {"question", "half_response", "loss"}
     assert "target_gain" in summary
     assert [c["step"] for c in results["checkpoints"]] == [2]
     assert "reference_ppl/gsm8k" in results["checkpoints"][0]
