@@ -197,8 +197,10 @@ class Memorization(Metric):
                 where = (("setting", setting), ("split", split))
                 prefix = f"memorization/{setting}/{split}"
                 out += [
-                    Measure(f"{prefix}/exact_match", False, "mean", "exact_match", where),
-                    Measure(f"{prefix}/rouge_l_above", False, "mean", "rouge_l_above", where),
+                    Measure(f"{prefix}/exact_match", False, "mean", "exact_match", where,
+                            exact=True),
+                    Measure(f"{prefix}/rouge_l_above", False, "mean", "rouge_l_above", where,
+                            exact=True),
                     Measure(f"{prefix}/rouge_l", False, "mean", "rouge_l", where),
                     Measure(f"{prefix}/lcs_run", False, "mean", "lcs_run", where),
                 ]
