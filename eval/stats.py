@@ -467,7 +467,8 @@ def _bootstrapped(value: float, lo: float | None, hi: float | None, se: float | 
     (see MIN_BOOTSTRAP_ITEMS) and without a detectable effect where the spread is 0."""
     if seeds == 1 and n < MIN_BOOTSTRAP_ITEMS:
         return Difference(value, None, None, n, seeds, TOO_FEW_ITEMS)
-    mde = mde_from_se(se, confidence) if se else None
+    # A spread at rounding level (every item's difference the same) is a spread of 0.
+    mde = mde_from_se(se, confidence) if se and se > 1e-12 * max(1.0, abs(value)) else None
     return Difference(value, lo, hi, n, seeds,
                       BOOTSTRAP_SEEDS if seeds > 1 else BOOTSTRAP_ITEMS, mde=mde)
 
