@@ -4,9 +4,14 @@ Reads the recorded ``results.json`` of each arm (and, through it, the arm's run
 directory: manifest and loss history) and writes ``report.md``, ``report.json``
 and PNG plots. Nothing is re-evaluated here.
 
-* One row per arm: gsm8k accuracy and target gain, forgetting per task and
-  overall, memorization increase, perplexity of its training data under the base
-  model, train/val gap, training tokens and time; 95% intervals; best in bold.
+* One row per arm: gsm8k accuracy and target gain, forgetting per axis (each in
+  its own unit, never averaged; KL(base ‖ tuned) on WikiText-2 first where
+  kl_forgetting ran: the Pareto plot's axis), memorization increase, perplexity of
+  its training data under the base model, train/val gap, training tokens and time;
+  95% intervals; best in bold only where paired differences support it.
+* Paired differences: every trained arm vs the base and vs the ground-truth arm,
+  per item and per seed (hierarchical bootstrap, seeds then items), on every
+  headline measure, with the detectable effect and a generated "what it says" line.
 * Fair-comparison flags: arms whose training settings differ in more than their
   data (steps, epochs, learning rate, LoRA rank, subset size...) are listed with
   the settings that differ, since a fair comparison matches compute.
@@ -28,6 +33,7 @@ from typing import Any
 from eval.metrics import Measure, Metric, registered_metrics
 from eval.metrics.base import FORGETTING, MEMORIZATION_INCREASE, TARGET_GAIN
 from eval.metrics.gsm8k import Gsm8k
+from eval.metrics.kl_forgetting import summary_task
 from eval.report import (
     fmt,
     fmt_est,
@@ -45,6 +51,7 @@ from eval.stats import (
     NEWCOMBE,
     Difference,
     describe,
+    mean_difference,
     number,
     paired_difference,
     paired_proportions,
@@ -237,10 +244,13 @@ class _Comparer:
     seeds). Every difference is in the measure's own units; proportions x100 (points)."""
 
     def __init__(self, runs: Sequence[dict[str, Any]], items: Sequence[Rows], confidence: float,
-                 resamples: int, seed: int):
+                 resamples: int, seed: int, vs_base: frozenset[str] = frozenset()):
         self.index = {id(r): i for i, r in enumerate(runs)}
         self.items = items
         self.confidence, self.resamples, self.seed = confidence, resamples, seed
+        # Metrics whose rows are already paired with the base (Metric.vs_base: e.g.
+        # KL(base ‖ tuned) per chunk): no base rows; arm vs base is their mean.
+        self.vs_base = vs_base
 
     def rows(self, run: dict[str, Any], h: Headline, measure: Measure,
              subject: str = "model") -> list[dict[str, Any]]:
@@ -300,9 +310,23 @@ class _Comparer:
             return strata_difference(groups, lambda g: _did(g, h.measure.field),
                                      resamples=self.resamples, confidence=self.confidence,
                                      seed=self.seed).scaled(h.scale)
+        if h.metric in self.vs_base:
+            return self._paired_vs_base(runs, h)
         seeds = [_pair(self.rows(r, h, h.measure), self.rows(r, h, h.measure, "base"))
                  for r in runs]
         return self._measure_difference(seeds, h)
+
+    def _paired_vs_base(self, runs: Sequence[dict[str, Any]], h: Headline) -> Difference | None:
+        """The mean of rows that are each one item's tuned-vs-base difference, pooled
+        over the runs (seeds) by the hierarchical bootstrap (seeds, then items)."""
+        groups = [self.rows(r, h, h.measure) for r in runs]
+        if not groups or any(not g for g in groups) or any(
+                h.measure.field not in r for g in groups for r in g):
+            return None
+        crossed = len({tuple(_key(r) for r in g) for g in groups}) == 1
+        return mean_difference(groups, h.measure.aggregate_fn(), crossed=crossed,
+                               resamples=self.resamples, confidence=self.confidence,
+                               seed=self.seed)
 
     def _measure_difference(self, seeds: Sequence[tuple[list, list]],
                             h: Headline) -> Difference | None:
@@ -314,8 +338,10 @@ class _Comparer:
         # One test set scored by every seed's model: share the item draws across seeds.
         crossed = len({tuple(_key(r) for r in x) for x, _ in seeds}) == 1
         f = h.measure.field
-        if h.measure.aggregation == "mean" and all(_binary(x, f) and _binary(y, f)
-                                                   for x, y in seeds):
+        # A vs-base metric's rows are per-token rates of a chunk, not 0/1 items, even
+        # where every one happens to be 0 (an unchanged model).
+        if h.measure.aggregation == "mean" and h.metric not in self.vs_base and all(
+                _binary(x, f) and _binary(y, f) for x, y in seeds):
             return paired_proportions(
                 [([float(r[f]) for r in x], [float(r[f]) for r in y]) for x, y in seeds],
                 crossed=crossed, **opts).scaled(100.0)
@@ -547,8 +573,8 @@ def _memorization_unit(arms: Sequence[dict[str, Any]], setting: str) -> str:
 
 
 def _table(arms: Sequence[dict[str, Any]], heads: Sequence[Headline],
-           comparer: _Comparer | None) -> str:
-    tasks = sorted({t for a in arms for t in a["forgetting"]})
+           comparer: _Comparer | None, axis: str | None = None) -> str:
+    tasks = _forgetting_tasks(arms, axis)
     settings = sorted({s for a in arms for s in a["memorization"]})
     did = any(a["memorization_did"] for a in arms)
     mem = "memorization DiD" if did else "memorization ↑ (trained items only)"
@@ -558,7 +584,8 @@ def _table(arms: Sequence[dict[str, Any]], heads: Sequence[Headline],
         ("cut off (%)", "", lambda a: _points(a.get("truncated")), None, 1),
         ("target gain (pts)", TARGET_GAIN, lambda a: a["target_gain"], True, 1),
         *[(f"forgetting {t}{_unit(arms, t)}", f"{FORGETTING}:{t}",
-           lambda a, t=t: a["forgetting"].get(t), False, 2) for t in tasks],
+           lambda a, t=t: a["forgetting"].get(t), False, 3 if t in KL_AXES else 2)
+          for t in tasks],
         *[(f"{mem} {s} ({unit})", f"{MEMORIZATION_INCREASE}:{s}",
            lambda a, s=s: _memorization(a, s), False, 3 if unit == "nats" else 1)
           for s in settings for unit in [_memorization_unit(arms, s)]],
@@ -587,13 +614,42 @@ def _points(est: Mapping[str, Any] | None) -> dict[str, Any] | None:
             "ci": [None if c is None else 100 * c for c in ci]}
 
 
+# The preferred forgetting axes: KL(base ‖ tuned) per token, continuous and sensitive
+# where accuracy points on a few items are not; on WikiText-2 first.
+KL_AXES = (summary_task("wikitext"), summary_task("bbh"))
+
+
 def _forgetting_axis(arms: Sequence[dict[str, Any]]) -> str | None:
-    """The one forgetting axis of the Pareto plot: a continuous one (not accuracy
-    points) where there is one, else the first."""
+    """The one forgetting axis of the Pareto plot (and the main table's first
+    forgetting column): KL(base ‖ tuned) where kl_forgetting ran, else a continuous
+    one (not accuracy points), else the first. One axis, one unit: never a mean of
+    points and percents."""
     tasks = sorted({t for a in arms for t in a["forgetting"]})
+    kl = [t for t in KL_AXES if t in tasks]
     continuous = [t for t in tasks if not any(
         "accuracy" in str((a["forgetting"].get(t) or {}).get("unit", "")) for a in arms)]
-    return (continuous or tasks or [None])[0]
+    return (kl or continuous or tasks or [None])[0]
+
+
+def _forgetting_tasks(arms: Sequence[dict[str, Any]], axis: str | None) -> list[str]:
+    """The forgetting columns: the axis first, then the others by name."""
+    tasks = sorted({t for a in arms for t in a["forgetting"]})
+    return sorted(tasks, key=lambda t: t != axis)
+
+
+def _forgetting_note(arms: Sequence[dict[str, Any]], axis: str | None) -> str:
+    """The main table's note on its forgetting columns: each one's unit."""
+    tasks = _forgetting_tasks(arms, axis)
+    units = "; ".join(f"{t}: " + (" or ".join(sorted(
+        {str((a["forgetting"].get(t) or {}).get("unit")) for a in arms
+         if (a["forgetting"].get(t) or {}).get("unit")})) or "?") for t in tasks)
+    note = (f"- *forgetting*: one column per axis, in its own unit ({units}); they are "
+            "not averaged. Lower is better; negative means improved.")
+    if axis in KL_AXES:
+        note += (f" *{axis}* (the Pareto plot's axis): the mean over text chunks of the "
+                 "per-token KL divergence of the tuned model's next-token distribution "
+                 "from the base model's (0: unchanged).")
+    return note
 
 
 def _reference(groups: Mapping[str, list[dict[str, Any]]]) -> str | None:
@@ -634,7 +690,7 @@ def _comparisons(groups: Mapping[str, list[dict[str, Any]]], ref: str | None,
 
 
 def _comparison_section(rows: Sequence[dict[str, Any]], ref: str | None,
-                        seeds: int) -> list[str]:
+                        seeds: int, vs_base: frozenset[str] = frozenset()) -> list[str]:
     md = ["## Paired differences", ""]
     if not rows:
         return [*md, "No per-item scores (items.jsonl) beside the results: no paired "
@@ -676,6 +732,11 @@ def _comparison_section(rows: Sequence[dict[str, Any]], ref: str | None,
         md += ["", "⚠ One training seed per arm: these intervals cover item variance only, "
                "not run-to-run variance (which can be many times larger); train several "
                "seeds to compare arms."]
+    if any(r["_head"].metric in vs_base for r in rows):
+        md += ["", "KL(base ‖ tuned), NLL change and top-1 flip rate (kl_forgetting): each "
+               "row is already one text chunk's tuned-vs-base change, so arm minus base is "
+               "the mean of the rows, and arm minus arm pairs the same chunk under the same "
+               "seed; lower is better for all three."]
     return [*md, ""]
 
 
@@ -713,11 +774,14 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
     arms = [_arm(p, r) for p, r in loaded]
     items = [load_items(p, r) for p, r in loaded]
     stats_cfg = loaded[0][1]["suite"].get("config") or {}
-    heads = headlines(_metrics_of(loaded[0][1]))
+    metrics = _metrics_of(loaded[0][1])
+    heads = headlines(metrics)
     comparer = _Comparer(arms, items,
                          float(stats_cfg.get("confidence") or DEFAULT_CONFIDENCE),
                          int(stats_cfg.get("bootstrap_resamples") or DEFAULT_RESAMPLES),
-                         int(stats_cfg.get("seed") or 0))
+                         int(stats_cfg.get("seed") or 0),
+                         vs_base=frozenset(m.name for m in metrics if m.vs_base))
+    units = {":".join(t.path): t.unit for m in metrics for t in m.summary()}
     by_column = {h.column: h for h in heads if h.column}
     for arm in arms:
         if arm["is_base"]:
@@ -733,6 +797,12 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
             d = comparer.difference([arm], None, h)
             if d is not None and d.discordant is not None:  # accuracy: Newcombe, points lost
                 arm["forgetting"][task] = {"unit": est["unit"], **d.scaled(-1.0).to_dict()}
+        for h in heads:  # a vs-base metric's line (KL): the mean of its rows, from the items
+            if h.metric in comparer.vs_base and h.column.startswith(f"{FORGETTING}:"):
+                d = comparer.difference([arm], None, h)
+                if d is not None:
+                    arm["forgetting"][h.column.split(":", 1)[1]] = {
+                        "unit": units.get(h.column, ""), **d.to_dict()}
         did = {}
         for h in heads:
             if h.control is None:
@@ -766,13 +836,13 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
                         "memorization": {}, "memorization_did": False, "settings": {},
                         "checkpoints": [], "source": ""})
     trained = [a for a in arms if not a["is_base"]]
+    axis = _forgetting_axis(trained)
     groups: dict[str, list[dict[str, Any]]] = {}
     for a in trained:
         groups.setdefault(a["arm"], []).append(a)
     ref = _reference(groups)
     comparisons = _comparisons(groups, ref, heads, comparer)
     seeds = max((len(g) for g in groups.values()), default=1)
-    axis = _forgetting_axis(trained)
     flags = _fairness(arms)
     curves = _saturation(arms)
     spread = _seed_spread(arms)
@@ -792,15 +862,13 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
           "(paired; target gain with Newcombe's interval where the items are recorded). "
           "**Bold**: the best arm in a column, only where its paired difference to every "
           "other arm excludes zero.", "",
-          _table(arms, heads, comparer), "",
+          _table(arms, heads, comparer, axis), "",
           "- *gsm8k acc*: flexible-extract accuracy (the last boxed number, else the last "
           "number); *strict*: the answer in the prompt's own format (`\\boxed{N}` for the "
           "suites' prompt); *cut off*: "
           "the share of answers that hit max_new_tokens.",
           "- *target gain*: gsm8k flexible-extract accuracy minus the base model's, in points.",
-          "- *forgetting*: one column per axis, in its own unit (bbh: accuracy points lost; "
-          "wikitext: % more bits per byte); they are not averaged. Lower is better; "
-          "negative means improved.",
+          _forgetting_note(arms, axis),
           "- *memorization DiD*: (tuned − base) share of responses reproduced with ROUGE-L ≥ "
           "the threshold on trained items, minus the same on held-out controls (points); "
           "*loss*: the same of the responses' mean log-probability per token (nats)."
@@ -810,7 +878,7 @@ def compare(paths: Sequence[Path], out: Path, suite: str | None = None) -> dict[
           "held-out controls).",
           "- *train-data ppl (base)*: perplexity of the arm's training responses under the "
           "base model (distilled data is usually less surprising than human data).", ""]
-    md += _comparison_section(comparisons, ref, seeds)
+    md += _comparison_section(comparisons, ref, seeds, comparer.vs_base)
     md += ["## Fair comparison", ""]
     if flags:
         md.append("These arms differ from the reference arm in more than their data; "

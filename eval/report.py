@@ -70,9 +70,11 @@ def results_table(results: Mapping[str, Any]) -> str:
     if summary:
         out += ["", "Summary (change from the base model):", ""]
         if "target_gain" in summary:
-            out.append(f"- target gain (gsm8k strict): {fmt_est(summary['target_gain'], 1)} points")
+            out.append(f"- target gain (gsm8k flexible-extract): "
+                       f"{fmt_est(summary['target_gain'], 1)} points")
         for task, est in (summary.get("forgetting") or {}).items():
-            out.append(f"- forgetting {task}: {fmt_est(est, 2)} ({est['unit']})")
+            out.append(f"- forgetting {task}: {fmt_est(est, 3 if task.startswith('kl_') else 2)}"
+                       f" ({est['unit']})")
         for setting, ms in (summary.get("memorization_increase") or {}).items():
             for name, est in ms.items():
                 out.append(f"- memorization increase, {setting} {name}: {fmt_est(est, 1)} points")
@@ -125,7 +127,7 @@ def pareto_plot(arms: Sequence[Mapping[str, Any]], path: Path, axis: str | None)
     ax.axvline(0, color="black", lw=0.5)
     xlabel = f"forgetting {axis or ''}" + (f", {unit}" if unit else "") + " (lower is better)"
     return _finish(plt, fig, ax, path, title="Target gain vs forgetting", xlabel=xlabel,
-                   ylabel="target gain, gsm8k strict (points)", legend=bool(pts))
+                   ylabel="target gain, gsm8k flexible-extract (points)", legend=bool(pts))
 
 
 def memorization_plot(arms: Sequence[Mapping[str, Any]], path: Path) -> Path:

@@ -3,10 +3,11 @@
 The model is served in-process by the teacher's engines (:mod:`eval.loading`) and
 every metric's prompts go to the engine as one batch. With an adapter, the base
 model is evaluated too (from the cache after the first time), so every number is
-also reported as its change from the base model, with a paired bootstrap interval.
-Writes ``results.json`` (values, 95% intervals, ``higher_is_better``, sample
-sizes, the forgetting score, per-checkpoint numbers) and ``items.jsonl`` (one row
-per item, model and metric: the output and its scores).
+also reported as its change from the base model, with a paired interval (exact for
+accuracies: Clopper–Pearson for a value, Newcombe for a paired change). Writes
+``results.json`` (values, 95% intervals, ``higher_is_better``, sample sizes, the
+summary's changes from the base model, per-checkpoint numbers) and ``items.jsonl``
+(one row per item, model and metric: the output and its scores).
 """
 
 from __future__ import annotations
@@ -25,9 +26,14 @@ from typing import Any
 from eval.cache import ResultCache
 from eval.loading import serve
 from eval.metrics import Measure, Metric, RunMetric, registered_metrics
-from eval.metrics.base import FORGETTING
 from eval.metrics.model import ModelFiles, ServedModel
-from eval.stats import Estimate, bootstrap, combine_mean, paired_bootstrap, proportion
+from eval.stats import (
+    Estimate,
+    bootstrap,
+    paired_bootstrap,
+    paired_proportions,
+    proportion,
+)
 from eval.suite import Suite
 from teacher.core.rundir import RunDir, adapter_hash
 
@@ -72,30 +78,49 @@ def _paired(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> tuple[l
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def _paired_estimate(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
-                     f: Callable[[float, float], float], agg: Callable, suite: Suite) -> Estimate:
-    """``f(agg(a), agg(b))`` with a paired bootstrap interval over shared items."""
-    a2, b2 = _paired(a, b)
-    return paired_bootstrap(a2, b2, f, agg, resamples=suite.bootstrap_resamples,
-                            confidence=suite.confidence, seed=suite.seed)
+def _hits(measure: Measure, items: Sequence[dict[str, Any]]) -> list[float]:
+    hits = [float(it[measure.field]) for it in items]
+    if any(h not in (0.0, 1.0) for h in hits):
+        raise ValueError(f"measure {measure.name}: exact interval of a non-binary "
+                         f"field {measure.field!r}")
+    return hits
 
 
 def _value(measure: Measure, items: Sequence[dict[str, Any]], suite: Suite) -> dict[str, Any]:
-    """A measure's value and interval: exact for a proportion that asks for it, else
-    the percentile bootstrap."""
+    """A measure's value and interval: exact (Clopper–Pearson) for a proportion of 0/1
+    items (``Measure.exact``: 0/16 is [0, 20.6%], not a bootstrap's [0, 0]), else the
+    percentile bootstrap."""
     if measure.exact:
-        hits = [float(it[measure.field]) for it in items]
-        if any(h not in (0.0, 1.0) for h in hits):
-            raise ValueError(f"measure {measure.name}: exact interval of a non-binary "
-                             f"field {measure.field!r}")
+        hits = _hits(measure, items)
         return {**proportion(int(sum(hits)), len(hits), suite.confidence).to_dict(),
                 "method": "Clopper-Pearson"}
     return _estimate(items, measure.aggregate_fn(), suite).to_dict()
 
 
+def _change(measure: Measure, a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
+            change: Callable[[float, float], float], suite: Suite) -> dict[str, Any]:
+    """``change(value of a, value of b)`` over the items both models have, with a paired
+    interval: for a proportion, Newcombe's (exact McNemar p beside it), mapped through
+    ``change`` at the base's value; else the paired bootstrap."""
+    a2, b2 = _paired(a, b)
+    if not measure.exact or not a2:
+        return paired_bootstrap(a2, b2, change, measure.aggregate_fn(),
+                                resamples=suite.bootstrap_resamples,
+                                confidence=suite.confidence, seed=suite.seed).to_dict()
+    d = paired_proportions([(_hits(measure, a2), _hits(measure, b2))],
+                           confidence=suite.confidence)
+    pb = math.fsum(_hits(measure, b2)) / len(b2)
+    ends = sorted(change(pb + x, pb) for x in (d.low, d.high) if x is not None)
+    out = {"value": change(pb + d.value, pb),
+           "ci": ends if len(ends) == 2 else [None, None], "n": d.n,
+           "method": "Newcombe", "p_value": d.p_value}
+    if d.discordant is not None:
+        out["discordant"] = list(d.discordant)
+    return out
+
+
 def _measure_entry(measure: Measure, group: str, items: dict[str, list[dict[str, Any]]],
                    suite: Suite) -> dict[str, Any] | None:
-    agg = measure.aggregate_fn()
     model_items = measure.select(items["model"])
     if not model_items:
         return None
@@ -106,36 +131,36 @@ def _measure_entry(measure: Measure, group: str, items: dict[str, list[dict[str,
     base_items = measure.select(items.get("base", []))
     if base_items and items.get("base") is not items["model"]:
         entry["base"] = _value(measure, base_items, suite)
-        entry["delta"] = _paired_estimate(model_items, base_items, lambda x, y: x - y, agg,
-                                          suite).to_dict()
+        entry["delta"] = _change(measure, model_items, base_items, lambda x, y: x - y, suite)
     return entry
 
 
 def _summary(results: dict[str, Any], items: dict[str, dict[str, list]],
              metrics: Sequence[Metric], suite: Suite, has_base: bool) -> dict[str, Any]:
     """Each metric's summary lines (target gain, forgetting per task, memorization
-    increase), and the overall forgetting: the mean of the forgetting lines."""
+    increase), each in its own unit: no line averages lines of different units (BBH
+    points with wikitext percents), so there is no "overall" forgetting."""
     out: dict[str, Any] = {}
     if not has_base:
         return out
-    forgetting: list[Estimate] = []
     for metric in metrics:
         for term in metric.summary():
             if term.measure.name not in results["metrics"]:
                 continue
             m, it = term.measure, items[metric.name]
-            est = _paired_estimate(m.select(it["model"]), m.select(it["base"]), term.change,
-                                   m.aggregate_fn(), suite)
+            if metric.vs_base:  # rows already paired with the base, whose value is 0
+                agg = m.aggregate_fn()
+                line = _estimate(m.select(it["model"]),
+                                 lambda rows, agg=agg, c=term.change: c(agg(rows), 0.0),
+                                 suite).to_dict()
+            else:
+                line = _change(m, m.select(it["model"]), m.select(it["base"]), term.change,
+                               suite)
             *parents, leaf = term.path
             node = out
             for key in parents:
                 node = node.setdefault(key, {})
-            node[leaf] = {"unit": term.unit, **est.to_dict()}
-            if term.path[0] == FORGETTING:
-                forgetting.append(est)
-    if forgetting:
-        out[FORGETTING]["overall"] = {"unit": "mean of the tasks' forgetting",
-                                      **combine_mean(forgetting).to_dict()}
+            node[leaf] = {"unit": term.unit, **line}
     return out
 
 
@@ -388,7 +413,7 @@ def _checkpoint_table(subjects: Sequence[Subject], items: dict[str, dict[str, li
             if not rows_:
                 continue
             m = metric.headline()
-            row[m.name] = _estimate(m.select(rows_), m.aggregate_fn(), suite).to_dict()
+            row[m.name] = _value(m, m.select(rows_), suite)
         rows.append(row)
     return rows
 

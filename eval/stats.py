@@ -1,10 +1,14 @@
-"""Bootstrap confidence intervals for aggregated metrics.
+"""Confidence intervals for aggregated metrics, and paired differences between models.
 
-Every reported number gets a percentile bootstrap interval: resample the items
+A continuous measure gets a percentile bootstrap interval: resample the items
 with replacement, re-run the metric's own aggregation, take the 2.5th and 97.5th
-percentiles. Differences between two models (fine-tuned minus base) are
-bootstrapped *paired*: the same resampled items for both, which is what makes a
-small change on a small subset distinguishable from noise.
+percentiles. A proportion of 0/1 items (an accuracy) gets an exact
+(Clopper–Pearson) interval instead, and a paired difference of proportions
+Newcombe's interval with an exact McNemar test. Differences between two models
+(fine-tuned minus base, or arm minus arm) are *paired*: the same resampled items
+for both, which is what makes a small change on a small subset distinguishable
+from noise; over several training seeds, a hierarchical bootstrap (seeds, then
+items).
 """
 
 from __future__ import annotations
@@ -97,20 +101,6 @@ def paired_bootstrap(
         lambda ps: change(aggregate([p[0] for p in ps]), aggregate([p[1] for p in ps])),
         resamples=resamples, confidence=confidence, seed=seed,
     )
-
-
-def combine_mean(estimates: Sequence[Estimate]) -> Estimate:
-    """Mean of independent estimates; the interval half-widths add in quadrature
-    (a normal approximation, used for the single forgetting score)."""
-    if not estimates:
-        raise ValueError("nothing to combine")
-    k = len(estimates)
-    value = sum(e.value for e in estimates) / k
-    n = sum(e.n for e in estimates)
-    if any(e.low is None or e.high is None for e in estimates):
-        return Estimate(value, None, None, n)
-    half = (sum(((e.high - e.low) / 2) ** 2 for e in estimates) ** 0.5) / k  # type: ignore[operator]
-    return Estimate(value, value - half, value + half, n)
 
 
 # ----------------------------------------------------------------------------- proportions
@@ -433,6 +423,28 @@ def paired_difference(
     return _bootstrapped(value, lo, hi, se, len(groups[0][0]), len(groups), confidence)
 
 
+def mean_difference(
+    groups: Sequence[Sequence[Any]],
+    aggregate: Aggregate,
+    *,
+    crossed: bool = False,
+    resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> Difference:
+    """``aggregate(rows)`` of rows that are already paired differences (each row is
+    one item's A - B, e.g. KL(base ‖ tuned) of one text chunk), averaged over seeds
+    (one list of rows per seed), with a bootstrap interval: items only for one seed,
+    seeds then items for several. ``crossed`` as in :func:`hierarchical_bootstrap`."""
+    if not groups or any(not g for g in groups):
+        raise ValueError("a mean difference needs at least one seed, each with items")
+    data = [{"rows": list(g)} for g in groups]
+    value, lo, hi, se = hierarchical_bootstrap(
+        data, lambda g: aggregate(g["rows"]), crossed=crossed, resamples=resamples,
+        confidence=confidence, seed=seed)
+    return _bootstrapped(value, lo, hi, se, len(groups[0]), len(groups), confidence)
+
+
 def strata_difference(
     groups: Sequence[Group],
     statistic: Callable[[Group], float],
@@ -455,7 +467,8 @@ def _bootstrapped(value: float, lo: float | None, hi: float | None, se: float | 
     (see MIN_BOOTSTRAP_ITEMS) and without a detectable effect where the spread is 0."""
     if seeds == 1 and n < MIN_BOOTSTRAP_ITEMS:
         return Difference(value, None, None, n, seeds, TOO_FEW_ITEMS)
-    mde = mde_from_se(se, confidence) if se else None
+    # A spread at rounding level (every item's difference the same) is a spread of 0.
+    mde = mde_from_se(se, confidence) if se and se > 1e-12 * max(1.0, abs(value)) else None
     return Difference(value, lo, hi, n, seeds,
                       BOOTSTRAP_SEEDS if seeds > 1 else BOOTSTRAP_ITEMS, mde=mde)
 

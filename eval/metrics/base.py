@@ -39,7 +39,7 @@ GROUPS = ("target", "forgetting", "memorization", "over_memorization", "train_da
 
 # The sections of a run's summary a metric can add a line to (see SummaryTerm).
 TARGET_GAIN = "target_gain"
-FORGETTING = "forgetting"  # every line here also goes into the one overall forgetting score
+FORGETTING = "forgetting"  # one line per axis, each in its own unit (never averaged)
 MEMORIZATION_INCREASE = "memorization_increase"
 
 
@@ -102,7 +102,9 @@ class SummaryTerm:
     ``path`` is where the line goes in ``results["summary"]`` (its first part one
     of :data:`TARGET_GAIN`, :data:`FORGETTING`, :data:`MEMORIZATION_INCREASE`);
     ``change(model value, base value)`` is the reported number, with a paired
-    bootstrap interval over the items both models have.
+    interval over the items both models have (Newcombe's for an exact proportion,
+    else the bootstrap). For a :attr:`Metric.vs_base` metric, whose rows are already
+    paired with the base, it is ``change(value, 0)``.
     """
 
     path: tuple[str, ...]
@@ -114,7 +116,7 @@ class SummaryTerm:
         sections = (TARGET_GAIN, FORGETTING, MEMORIZATION_INCREASE)
         if not self.path or self.path[0] not in sections:
             raise ValueError(f"summary path {self.path!r}: must start with one of {sections}")
-        if self.path[0] == FORGETTING and len(self.path) != 2:  # beside "overall"
+        if self.path[0] == FORGETTING and len(self.path) != 2:  # one level: the axis
             raise ValueError(f"summary path {self.path!r}: forgetting lines are (forgetting, task)")
 
 

@@ -64,7 +64,7 @@ def score_bbh(output: str, example: Example) -> dict[str, Any]:
 
 
 ALL = Measure("bbh/exact_match", True, "mean", "exact_match",
-              description="lm-eval bbh cot_fewshot exact match, all items")
+              description="lm-eval bbh cot_fewshot exact match, all items", exact=True)
 
 
 @register_metric
@@ -101,7 +101,8 @@ class Bbh(Metric):
 
     def measures(self) -> list[Measure]:
         return [ALL] + [
-            Measure(f"bbh/{s}/exact_match", True, "mean", "exact_match", (("subtask", s),))
+            Measure(f"bbh/{s}/exact_match", True, "mean", "exact_match", (("subtask", s),),
+                    exact=True)
             for s in bbh_subtasks(self.settings.subtasks)
         ]
 

@@ -103,12 +103,13 @@ def score_gsm8k(output: str, example: Example, template: Template,
 
 
 STRICT = Measure("gsm8k/strict_match", True, "mean", "strict_match",
-                 description="strict-match accuracy: the answer in the prompt's format")
+                 description="strict-match accuracy: the answer in the prompt's format",
+                 exact=True)
 FLEXIBLE = Measure("gsm8k/flexible_extract", True, "mean", "flexible_extract",
                    description="flexible-extract accuracy (the headline): the last "
-                               "(boxed) number")
+                               "(boxed) number", exact=True)
 TRUNCATED = Measure("gsm8k/truncated", False, "mean", "truncated",
-                    description="share of answers cut off at max_new_tokens")
+                    description="share of answers cut off at max_new_tokens", exact=True)
 
 
 @register_metric

@@ -15,7 +15,11 @@ next-token position gets, from the full-vocabulary distributions of the base mod
 Each chunk / item is one row holding its per-token means; the measures are means
 over rows, so the runner's bootstrap resamples chunks and items. Every row is
 already a paired (tuned vs base) quantity: the base model itself is not evaluated
-(its values are 0 by definition), and more of each is more forgetting.
+(its values are 0 by definition), and more of each is more forgetting (all three
+are lower-is-better). The summary has one forgetting line, the headline KL
+(``kl_wikitext``, or ``kl_bbh`` without WikiText): the comparison's continuous
+forgetting axis; the comparison also pairs every other measure between arms, per
+chunk and per seed (:meth:`KlForgetting.compared`).
 
 The logits come from one plain transformers + peft forward pass per batch, once
 with the adapter and once under ``disable_adapter()`` (the metric loads base + the
@@ -39,7 +43,15 @@ from pathlib import Path
 from typing import Any
 
 from eval.cache import fingerprint
-from eval.metrics.base import Measure, Metric, Row, check_limit, register_metric
+from eval.metrics.base import (
+    FORGETTING,
+    Measure,
+    Metric,
+    Row,
+    SummaryTerm,
+    check_limit,
+    register_metric,
+)
 from eval.metrics.bbh import bbh_subtasks
 from teacher.core.config import ConfigError, did_you_mean
 from teacher.core.tasks import get_task
@@ -93,11 +105,20 @@ class Scored:
 
 
 def _measure(source: str, name: str) -> Measure:
+    # Lower is better for all three: each is a move away from the base model.
     return Measure(f"kl_forgetting/{source}/{name}", False, "mean", name,
                    (("source", source),), FIELDS[name])
 
 
 HEADLINE = _measure("wikitext", "kl")
+# The summary's forgetting line (one continuous axis, the comparison's Pareto axis):
+# KL on WikiText-2, or on BBH prompts where only those are scored.
+KL_UNIT = "KL(base ‖ tuned), nats per token"
+
+
+def summary_task(source: str) -> str:
+    """The key of a source's KL line in ``results["summary"]["forgetting"]``."""
+    return f"kl_{source}"
 
 
 @register_metric
@@ -283,6 +304,17 @@ class KlForgetting(Metric):
 
     def headline(self) -> Measure:
         return HEADLINE if "wikitext" in self.settings.sources else _measure("bbh", "kl")
+
+    def summary(self) -> list[SummaryTerm]:
+        """One forgetting line: the headline KL (the rows are already the change from
+        the base, so the line is their mean)."""
+        m = self.headline()
+        return [SummaryTerm((FORGETTING, summary_task(m.where[0][1])), m, KL_UNIT,
+                            lambda x, y: x - y)]
+
+    def compared(self) -> list[Measure]:
+        """Every other measure, compared between arms chunk by chunk and seed by seed."""
+        return [m for m in self.measures() if m != self.headline()]
 
 
 def _prompt_ids(tokenizer: Any, prompt: str | list[dict[str, str]]) -> tuple[list[int], int]:

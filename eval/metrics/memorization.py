@@ -215,8 +215,10 @@ class Memorization(Metric):
                                        "mean log-probability per token of the response"))
                     continue
                 out += [
-                    Measure(f"{prefix}/exact_match", False, "mean", "exact_match", where),
-                    Measure(f"{prefix}/rouge_l_above", False, "mean", "rouge_l_above", where),
+                    Measure(f"{prefix}/exact_match", False, "mean", "exact_match", where,
+                            exact=True),
+                    Measure(f"{prefix}/rouge_l_above", False, "mean", "rouge_l_above", where,
+                            exact=True),
                     Measure(f"{prefix}/rouge_l", False, "mean", "rouge_l", where),
                     Measure(f"{prefix}/lcs_run", False, "mean", "lcs_run", where),
                 ]

@@ -53,7 +53,17 @@ def test_every_metric_through_the_loop(served, tiny_model, tmp_path, data_dir):
                               "gap": pytest.approx(0.5)}
     summary = results["summary"]
     assert list(summary) == ["target_gain", "forgetting", "memorization_increase"]
-    assert list(summary["forgetting"]) == ["bbh", "wikitext", "bbh_mc", "overall"]
+    # One line per axis, each in its own unit: no "overall" mean of points and percents.
+    assert list(summary["forgetting"]) == ["bbh", "wikitext", "bbh_mc"]
+    # Accuracies: exact intervals, and their changes Newcombe's (never a bootstrap's
+    # [0, 0] at 0/n), also per checkpoint.
+    assert gsm["method"] == "Clopper-Pearson" and gsm["base"]["method"] == "Clopper-Pearson"
+    assert gsm["delta"]["method"] == "Newcombe" and gsm["ci"][1] - gsm["ci"][0] > 0.3
+    assert summary["target_gain"]["method"] == "Newcombe"
+    assert summary["target_gain"]["ci"] == pytest.approx([100 * c for c in gsm["delta"]["ci"]])
+    bbh_lo, bbh_hi = metrics["bbh/exact_match"]["delta"]["ci"]  # points lost: 100 (base - tuned)
+    assert summary["forgetting"]["bbh"]["ci"] == pytest.approx([-100 * bbh_hi, -100 * bbh_lo])
+    assert results["checkpoints"][0]["gsm8k/flexible_extract"]["method"] == "Clopper-Pearson"
     mc = metrics["bbh_mc/acc"]  # scored options on the served model: an exact interval of k/n
     assert mc["n"] == 4 and mc["method"] == "Clopper-Pearson" and mc["higher_is_better"]
     assert mc["ci"][0] <= mc["value"] <= mc["ci"][1] and mc["ci"][1] - mc["ci"][0] > 0.3
@@ -84,3 +94,27 @@ def test_without_a_run_dir_the_run_metrics_are_skipped(served, tiny_model, tmp_p
     assert set(results["skipped"]) == {"memorization", "train_ppl", "fit"}
     assert served == [None] and results["summary"] == {} and results["checkpoints"] == []
     assert "base" not in results["metrics"]["gsm8k/strict_match"]  # the base model is the model
+
+
+def test_accuracy_intervals_in_results_are_exact():
+    # 0/16 right: the exact 95% interval is [0, 1 - 0.025^(1/16)] = [0, 20.6%], where
+    # a percentile bootstrap reads [0, 0]; 3/16 against the beta quantiles; the change
+    # from a base of 0/16 is Newcombe's interval, which spans 0 at 3 discordant of 16.
+    from scipy.stats import beta
+
+    from eval.metrics.gsm8k import FLEXIBLE
+
+    suite = load_suite("smoke")
+    none = [{"id": f"g{i}", "flexible_extract": 0.0} for i in range(16)]
+    three = [{"id": f"g{i}", "flexible_extract": float(i < 3)} for i in range(16)]
+    entry = runner._measure_entry(FLEXIBLE, "target", {"model": three, "base": none}, suite)
+    assert entry["base"]["value"] == 0.0 and entry["base"]["ci"][0] == 0.0
+    assert entry["base"]["ci"][1] == pytest.approx(1 - 0.025 ** (1 / 16), abs=1e-9)
+    assert entry["base"]["ci"][1] == pytest.approx(0.2059, abs=1e-4)
+    assert entry["value"] == 3 / 16 and entry["method"] == "Clopper-Pearson"
+    assert entry["ci"] == pytest.approx([beta.ppf(0.025, 3, 14), beta.ppf(0.975, 4, 13)],
+                                        abs=1e-9)
+    delta = entry["delta"]
+    assert delta["value"] == pytest.approx(3 / 16) and delta["method"] == "Newcombe"
+    assert delta["discordant"] == [3, 0] and delta["p_value"] == pytest.approx(0.25)
+    assert delta["ci"][0] < 0 < 3 / 16 < delta["ci"][1]

@@ -163,6 +163,14 @@ def test_sources_shape_the_measures_and_the_cache_key(data_dir):
     wiki = KlForgetting(KlForgettingSettings(sources=["wikitext"], documents=1))
     assert wiki.measures()[0] == wiki.headline()
     assert all("/wikitext/" in m.name for m in wiki.measures())
+    # One summary line (the continuous forgetting axis: KL, or on BBH without WikiText);
+    # every other measure is compared between arms beside it.
+    (term,) = wiki.summary()
+    assert term.path == ("forgetting", "kl_wikitext") and term.measure == wiki.headline()
+    assert [m.name for m in wiki.compared()] == ["kl_forgetting/wikitext/nll_change",
+                                                 "kl_forgetting/wikitext/flip_rate"]
+    bbh = KlForgetting(KlForgettingSettings(sources=["bbh"]))
+    assert bbh.summary()[0].path == ("forgetting", "kl_bbh")
     other = KlForgetting(KlForgettingSettings(sources=["wikitext"], documents=1,
                                               chunk_tokens=128))
     data = wiki.load(None, data_dir)
@@ -186,6 +194,10 @@ def test_through_the_runner_no_service_and_no_base(tiny_model, tmp_path, data_di
     assert entry["group"] == "forgetting" and not entry["higher_is_better"]
     assert entry["n"] == 2 and entry["ci"][0] is not None and "base" not in entry
     assert results["checkpoints"][0]["kl_forgetting/wikitext/kl"]["n"] == 1
+    # The summary's forgetting line is the KL itself (the rows are already vs the base).
+    line = results["summary"]["forgetting"]["kl_wikitext"]
+    assert line["value"] == pytest.approx(results["metrics"]["kl_forgetting/wikitext/kl"]["value"])
+    assert line["unit"] == "KL(base ‖ tuned), nats per token" and line["n"] == 1
     rows = [json.loads(line) for line in (tmp_path / "out" / "items.jsonl").read_text()
             .splitlines()]
     assert {r["subject"] for r in rows} == {"model", "checkpoint-2"}  # never the base
