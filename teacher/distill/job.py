@@ -47,6 +47,7 @@ from teacher.distill.modes import (
     get_mode,
     normalize_mode,
 )
+from teacher.serving.errors import InvalidArgument
 from teacher.serving.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -302,6 +303,26 @@ def check_job_file(out: Path, config: GenerateConfig) -> None:
     path.write_text(json.dumps({"pinned": pinned, "settings": settings}, indent=2) + "\n")
 
 
+def check_resumed_template(done: dict[str, Record], config: GenerateConfig) -> None:
+    """Refuse to add records to an output whose records were generated with another
+    template than the mode resolves now, so one output never mixes two prompts'
+    distributions (best_of_n sampled the 8-shot prompt before it sampled the student's
+    training prompt; a job of that time, resumed, would otherwise mix both). Resolved
+    here as the server resolves it (same code); a template the mode refuses is left to
+    the server, which rejects each example with the reason."""
+    try:
+        now = get_mode(config.mode).template(get_task(config.task), config.template).key
+    except (InvalidArgument, KeyError, ValueError):
+        return
+    before = sorted({t for r in done.values() if (t := r.provenance.get("template"))} - {now})
+    if before:
+        raise JobError(
+            f"{config.out}: records there were generated with template {', '.join(before)}, "
+            f"but mode {config.mode} now uses {now}; use another --out (or move the "
+            "records away) to generate them again"
+        )
+
+
 # ---------------------------------------------------------------- summary
 
 
@@ -441,6 +462,8 @@ async def run_job(client, config: GenerateConfig) -> dict[str, Any]:
     done, repaired = load_done(config.out, config.shard_prefix if worker else None)
     wanted = {e.id for e in examples}
     todo = [e for e in examples if e.id not in done]
+    if todo:
+        check_resumed_template(done, config)
     skipped = len(examples) - len(todo)
     print(
         (f"worker {config.worker_index}/{config.num_workers}: " if worker else "")

@@ -193,13 +193,12 @@ def check_record(record: Record, mode: str, n: int) -> None:
 @pytest.mark.parametrize("mode", ["trace", "rewrite", "best-of-n"])
 async def test_each_mode_on_8_gsm8k_examples(mode, client, data_dir, tmp_path):
     n = 1 if mode == "rewrite" else 2  # SDFT rewrites once, greedily
-    # trace keeps its default 8-shot completion prompt; best-of-n takes the short
-    # zero-shot chat prompt (both paths covered, and the test stays fast).
-    template = "gsm8k-cot-zeroshot" if mode == "best-of-n" else ""
+    # Each mode's default prompt: trace's 8-shot completion prompt, best-of-n's the
+    # student's zero-shot chat training prompt (the record's prompt).
     config = GenerateConfig.from_settings(
         task="gsm8k", split="train", mode=mode, out=tmp_path, model="teacher",
         scorer_model="scorer", limit=8, data_dir=data_dir, num_candidates=n,
-        template=template, max_new_tokens=8, progress=False,
+        max_new_tokens=8, progress=False,
     )
     summary = await run_job(client, config)
     records = read_records(tmp_path)
@@ -207,6 +206,17 @@ async def test_each_mode_on_8_gsm8k_examples(mode, client, data_dir, tmp_path):
     assert sorted(r.id for r in records) == ids
     for record in records:
         check_record(record, config.mode, n)
+        # What the generator was sent, in tokens of the real tokenizer: best-of-n's is
+        # the record's (training) prompt; trace's 8-shot prompt is far longer.
+        train_prompt = (await client.tokenize(record.prompt, model="teacher")).count
+        sent = record.provenance["usage"]["prompt_tokens"]
+        if config.mode == "best_of_n":
+            assert sent == n * train_prompt
+            assert record.provenance["template"] == "gsm8k-cot-zeroshot@v1"
+        elif config.mode == "trace":
+            assert sent > n * (train_prompt + 500)
+            assert record.provenance["template"] == "gsm8k-cot-8shot@v1"
+        assert record.provenance["prompt_template"] == "gsm8k-cot-zeroshot@v1"
     assert summary["records"] == 8
     assert summary["accepted"] + summary["fell_back"] + summary["rejected"] == 8
     assert summary["reference"]["tokens"] == sum(r.reference_tokens for r in records)

@@ -26,6 +26,7 @@ from teacher.distill.job import (
     JobError,
     ShardWriter,
     check_job_file,
+    check_resumed_template,
     example_seed,
     load_done,
     repair_torn_tail,
@@ -103,6 +104,29 @@ def test_restart_with_other_settings_is_refused(tmp_path):
     with pytest.raises(JobError, match="mode: 'rewrite' -> 'trace'"):
         check_job_file(tmp_path, GenerateConfig(task="gsm8k", split="train", mode="trace",
                                                 out=tmp_path))
+
+
+def test_resuming_into_records_of_another_template_is_refused(tmp_path):
+    # best_of_n records made before it sampled the training prompt (the 8-shot prompt in
+    # their provenance) still read; the job only refuses to add zero-shot ones beside them.
+    old = rec(1, "r\n#### 1", mode="best_of_n",
+              provenance={"template": "gsm8k-cot-8shot@v1", "prompt_template":
+                          "gsm8k-cot-zeroshot@v1"})
+    now = rec(2, "r\n#### 1", mode="best_of_n", provenance={"template": "gsm8k-cot-zeroshot@v1"})
+    refused = rec(3, "", mode="best_of_n", status="rejected")  # no provenance: no template
+    (tmp_path / "records-00000.jsonl").write_text(old.to_json() + "\n")
+    done, _ = load_done(tmp_path)
+    assert done[old.id].provenance["template"] == "gsm8k-cot-8shot@v1"
+    config = GenerateConfig(task="gsm8k", split="train", mode="best_of_n", out=tmp_path)
+    with pytest.raises(JobError, match=r"generated with template gsm8k-cot-8shot@v1, but mode "
+                                       r"best_of_n now uses gsm8k-cot-zeroshot@v1"):
+        check_resumed_template(done, config)
+    check_resumed_template({now.id: now, refused.id: refused}, config)
+    trace = GenerateConfig(task="gsm8k", split="train", mode="trace", out=tmp_path)
+    check_resumed_template(done, trace)  # trace still samples the 8-shot prompt
+    with pytest.raises(JobError, match="gsm8k-cot-zeroshot@v1, but mode trace now uses "
+                                       "gsm8k-cot-8shot@v1"):
+        check_resumed_template({now.id: now}, trace)
 
 
 def test_flat_sampling_settings_make_up_the_job_sampling(tmp_path):

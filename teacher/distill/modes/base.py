@@ -39,11 +39,10 @@ DEFAULT_PPL_THRESHOLD = 2.5
 # the final answer ("#### N", "The answer is N.").
 MIN_REASONING_WORDS = 5
 _ANSWER_MARK = re.compile(r"####|the answer is", re.IGNORECASE)
-# The generation templates of modes that sample answers (trace, best_of_n), per task
-# family: lm-eval's few-shot CoT prompt, since small instruct models answer the
-# zero-shot chat prompt with a bare "#### N" (Qwen2.5-Coder-0.5B does), which teaches
-# no reasoning; pass the task's zero-shot template (e.g. "gsm8k-cot-zeroshot") for
-# pure self-outputs.
+# trace's generation templates, per task family: lm-eval's few-shot CoT prompt, since
+# small instruct models answer the zero-shot chat prompt with a bare "#### N"
+# (Qwen2.5-Coder-0.5B does), which teaches no reasoning. best_of_n samples the
+# student's own answers to its zero-shot training prompt instead (its own templates).
 COT_TEMPLATES: dict[str, Template] = {"gsm8k": GSM8K_COT_8SHOT, "bbh": BBH_COT_ZEROSHOT}
 
 
@@ -329,7 +328,8 @@ class DistillMode:
 
 
 class SampledAnswers(DistillMode):
-    """A mode that samples several answers to the question itself (trace, best_of_n)."""
+    """A mode that samples several answers to the question itself (trace, best_of_n;
+    best_of_n overrides ``templates``)."""
 
     default_num_candidates = 4
     default_temperature = 0.7  # several candidates must differ

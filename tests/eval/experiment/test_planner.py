@@ -13,6 +13,7 @@ from tests.conftest import REPO_ROOT
 SMOKE = REPO_ROOT / "configs" / "experiments" / "smoke.yaml"
 DEMO = REPO_ROOT / "configs" / "experiments" / "demo.yaml"
 DEMO_SEEDS = REPO_ROOT / "configs" / "experiments" / "demo-seeds.yaml"
+STANDARD = REPO_ROOT / "configs" / "experiments" / "standard.yaml"
 
 
 def _config(**overrides) -> ExperimentConfig:
@@ -63,7 +64,7 @@ def test_bad_config_is_named(tmp_path, overrides, message):
 
 
 def test_shipped_configs_plan(tmp_path, data_dir):
-    for path in (SMOKE, DEMO, DEMO_SEEDS):
+    for path in (SMOKE, DEMO, DEMO_SEEDS, STANDARD):
         first = path.read_text().splitlines()[0]
         assert first.startswith("# distill-eval experiment --config configs/experiments/")
         config = load_experiment(path, [f"data_dir={data_dir}"])
@@ -88,6 +89,43 @@ def test_proposed_seeds_demo_plans_arm_by_seed_on_the_same_questions(tmp_path, d
     assert {r.train.data.sample_seed for r in p.runs} == {0}
     assert {r.train.data.split_seed or r.seed for r in p.runs} == {42}
     assert {j.settings["fallback"] for j in p.data_jobs.values()} == {"reject"}
+
+
+def test_standard_gpu_config_plans_the_full_design_without_running(tmp_path, data_dir):
+    from eval.suite import load_suite
+
+    p = plan(load_experiment(STANDARD, [f"data_dir={data_dir}"]), tmp_path)
+    c = p.config
+    assert sorted(p.arms) == ["best_of_n", "ground_truth", "ground_truth_stm", "trace"]
+    assert (c.examples, c.sample_seed, c.same_questions) == (500, 0, True)
+    assert len(p.runs) == 4 * 3 and {r.seed for r in p.runs} == {42, 43, 44}
+    assert len(planned_questions(p)) == 500  # 500 drawn from the 7,473 training questions
+    # Arms differ in their data only: same questions, split, steps and settings.
+    trains = [r.train for r in p.runs]
+    assert {r.data.ids_file for r in trains} == {str(questions_file(tmp_path))}
+    assert {(r.data.limit, r.data.sample_seed, r.data.val_size, r.data.split_seed or r.seed)
+            for r in trains} == {(500, 0, 50, 42)}
+    assert all(r.sft == trains[0].sft and r.lora == trains[0].lora for r in trains)
+    assert trains[0].sft["num_train_epochs"] == 3 and not trains[0].sft["load_best_model_at_end"]
+    assert {r.early_stopping_patience for r in trains} == {None}
+    by_arm = {r.arm: r.train for r in p.runs}
+    assert by_arm["ground_truth_stm"].token_mask_ppl == 2.5
+    assert by_arm["ground_truth"].token_mask_ppl is None
+    jobs = {j.mode: j for j in p.data_jobs.values()}
+    assert sorted(jobs) == ["best_of_n", "trace"]
+    assert {j.settings["fallback"] for j in jobs.values()} == {"reject"}
+    assert (jobs["best_of_n"].generator, jobs["trace"].generator) == ("student", "teacher")
+    assert jobs["best_of_n"].settings["num_candidates"] == 8
+    # vLLM in bf16 on the GPU, for the teacher and for the eval suite
+    assert (c.teacher.engine, c.teacher.dtype) == ("vllm", "bfloat16")
+    assert c.teacher.engine_options["gpu_memory_utilization"] * 2 < 1  # two engines, one GPU
+    suite = load_suite(c.eval.suite, c.eval.overrides)
+    assert suite.name == "standard"
+    assert (suite.engine.name, suite.engine.dtype) == ("vllm", "bfloat16")
+    assert {"kl_forgetting", "bbh_mc", "memorization", "reference_ppl"} <= set(suite.metrics)
+    # the header states the command and that its time is an estimate
+    header = STANDARD.read_text().split("\nname:")[0]
+    assert "ESTIMATE, NOT MEASURED" in header
 
 
 # ----------------------------------------------------------------------------- the design
