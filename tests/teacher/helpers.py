@@ -74,8 +74,10 @@ class ScriptedEngine:
                 finish = "length" if len(text) == request.sampling.max_new_tokens else "eos"
             yield protocol.EngineOutput((protocol.TokenStep(ord(char)),), finish=finish)
 
-    async def score(self, items: Sequence[protocol.ScoreInput]) -> list[list[float]]:
-        return [[-0.1 * (1 + t % 3) for t in item.completion_ids] for item in items]
+    async def score(self, items: Sequence[protocol.ScoreInput],
+                    top_k: int = 0) -> list[protocol.ScoreOutput]:
+        return [protocol.ScoreOutput([-0.1 * (1 + t % 3) for t in item.completion_ids])
+                for item in items]
 
     async def abort(self, request_id: str) -> None:
         pass
