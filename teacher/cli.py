@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-message-mb", type=float, default=16.0, help="largest request accepted (MiB)"
     )
     serve.add_argument(
+        "--max-score-top-k", type=int, default=20,
+        help="largest Score top_k; above 20 on vLLM also --engine-option max_logprobs=K",
+    )
+    serve.add_argument(
         "--max-connection-age",
         type=float,
         default=0.0,
@@ -288,7 +292,8 @@ def _server_config(args):
         engine=_engine_settings(args),
         host=args.host,
         port=args.port,
-        limits=Limits(max_queue=args.max_queue, max_queue_tokens=args.max_queue_tokens),
+        limits=Limits(max_queue=args.max_queue, max_queue_tokens=args.max_queue_tokens,
+                      max_score_top_k=args.max_score_top_k),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         token_file=args.token_file,
