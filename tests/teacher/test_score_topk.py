@@ -51,6 +51,31 @@ def test_top_logprobs_travel_the_wire_unchanged():
     assert convert.score_result_from_pb(message).top_logprobs is None
 
 
+def test_both_engines_build_the_same_rows_from_the_same_distribution():
+    """hf takes the tail as the logsumexp of the rest, vLLM (which returns only the top
+    k) as log(1 - sum(exp(row))): the same numbers, sorted rows, the floor for none."""
+    import torch
+
+    from teacher.serving.engines.hf import _top_rows
+    from teacher.serving.engines.vllm import _MIN_TAIL_MASS, _top_from_flat
+
+    torch.manual_seed(0)
+    logprobs = torch.log_softmax(torch.randn(6, 50) * 3, -1)
+    want = torch.sort(logprobs, -1, descending=True)
+    hf = _top_rows(logprobs.clone(), 4)
+    rows = [(want.indices[t, :4].tolist(), want.values[t, :4].tolist()) for t in range(6)]
+    vllm = _top_from_flat(rows, 4)
+    for top in (hf, vllm):
+        np.testing.assert_array_equal(top.token_ids, want.indices[:, :4].numpy())
+        np.testing.assert_allclose(top.logprobs, want.values[:, :4].numpy(), atol=1e-6)
+        rest = torch.logsumexp(want.values[:, 4:].double(), -1).numpy()
+        np.testing.assert_allclose(top.tail_logprobs, rest, rtol=1e-5, atol=1e-5)
+    # All the mass in the top k: vLLM's 1 - sum is rounding, floored.
+    (tail,) = _top_from_flat([([1, 2], [np.log(0.5), np.log(0.5)])], 2).tail_logprobs
+    assert tail == np.float32(np.log(_MIN_TAIL_MASS))
+    assert _top_rows(logprobs.clone(), 0) is None and _top_from_flat([], 0) is None
+
+
 async def scripted(limits: Limits) -> TeacherService:
     service = TeacherService([ModelHost("m", ScriptedEngine(["x"]), 64)], limits)
     await service.start()
