@@ -1,6 +1,7 @@
 """The data job with ``top_k`` (offline logit KD): one TopK per trained record in the
 shard's side file, resumable, pinned in job.json, and a teacher of another
-vocabulary than the student's refused. A real server, the real small model."""
+vocabulary than the student's refused. A real server with the real small model
+(slow), and the same server over scripted engines (fast: the resume bookkeeping)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,73 @@ from teacher.distill.job import GenerateConfig, JobError, run_job
 from teacher.serving.client import TeacherClient
 from teacher.serving.engine import EngineSettings, load_engine
 from teacher.serving.server import ServerConfig, TeacherServer
-from teacher.serving.service import ModelHost, TeacherService
+from teacher.serving.service import Limits, ModelHost, TeacherService
+from tests.teacher.helpers import ScriptedEngine, scripted_top
 
-pytestmark = pytest.mark.slow
 K = 5
+
+
+# ---------------------------------------------------------------- scripted engines
+
+
+@pytest.fixture
+async def scripted_client():
+    """A real gRPC server whose models follow a script (one token per character):
+    "teacher" and "student" share a vocabulary, "wide" has a larger one."""
+    cfg = ServerConfig(models=[], host="127.0.0.1", port=0)
+    hosts = [ModelHost(name, ScriptedEngine(["Four apples.\n#### 4"], vocab_size=size,
+                                                name=name), 64)
+             for name, size in (("teacher", 1 << 16), ("student", 1 << 16), ("wide", 1 << 17))]
+    server = TeacherServer(TeacherService(hosts, Limits()), cfg)
+    await server.start()
+    async with TeacherClient(f"127.0.0.1:{server.port}", retries=1) as c:
+        yield c
+    await server.drain_and_stop()
+
+
+def scripted_job(out, data_dir, limit: int, **kw) -> GenerateConfig:
+    settings = dict(task="gsm8k", split="train", mode="rewrite", out=out, model="teacher",
+                    limit=limit, data_dir=data_dir, progress=False, top_k=K,
+                    student_model="student")
+    return GenerateConfig.from_settings(**{**settings, **kw})
+
+
+async def test_scripted_side_file_rows_per_record_and_resume(scripted_client, data_dir,
+                                                             tmp_path):
+    out = tmp_path / "out"
+    await run_job(scripted_client, scripted_job(out, data_dir, 3))
+    (shard,) = shard_paths(out)
+    records = {r.id: r for r in iter_records(shard)}
+    rows = read_topk(side_path(shard))
+    assert set(rows) == set(records) and len(records) == 3
+    for record_id, record in records.items():  # the script's answer is wrong: references
+        assert record.status == "fell_back"
+        want = scripted_top([ord(c) for c in record.response], K)
+        assert rows[record_id].num_tokens == len(record.response)  # one token per char
+        np.testing.assert_array_equal(rows[record_id].token_ids, want.token_ids)
+    # A record line written, its rows not (killed between): scored on resume, with
+    # two new examples; the rows already there are kept byte for byte.
+    rest = sorted(records)[1:]
+    side = side_path(shard)
+    side.unlink()
+    with TopKWriter(side) as writer:
+        for record_id in rest:
+            writer.write(record_id, rows[record_id])
+    kept = side.read_bytes()
+    summary = await run_job(scripted_client, scripted_job(out, data_dir, 5))
+    assert side.read_bytes().startswith(kept)
+    assert set(read_topk(side)) == {r.id for r in iter_records(shard)} and summary["records"] == 5
+    assert summary["top_k"]["records_scored_now"] == 3
+    assert json.loads((out / "job.json").read_text())["top_k"]["vocab_size"] == 1 << 16
+    with pytest.raises(JobError, match="model: 'teacher' -> 'student'"):
+        await run_job(scripted_client, scripted_job(out, data_dir, 5, top_k_model="student"))
+    with pytest.raises(JobError, match="teacher 'wide' has a vocabulary of 131072 tokens, "
+                                       "student 'student' of 65536"):
+        await run_job(scripted_client, scripted_job(tmp_path / "other", data_dir, 1,
+                                                    top_k_model="wide"))
+
+
+# ---------------------------------------------------------------- the real small model
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +128,7 @@ def side_rows(out) -> dict:
     return read_topk(side_path(shard))
 
 
+@pytest.mark.slow
 async def test_side_file_holds_one_top_k_per_record_and_resumes(client, data_dir, tmp_path,
                                                                 test_model_dir):
     from transformers import AutoTokenizer
@@ -121,6 +186,7 @@ async def test_side_file_holds_one_top_k_per_record_and_resumes(client, data_dir
         await run_job(client, job(out, data_dir, 6, top_k=3))
 
 
+@pytest.mark.slow
 async def test_teacher_of_another_vocabulary_is_refused(client, data_dir, tmp_path,
                                                         test_model_dir):
     from transformers import AutoTokenizer
