@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-message-mb", type=float, default=16.0, help="largest request accepted (MiB)"
     )
     serve.add_argument(
+        "--max-score-top-k", type=int, default=20,
+        help="largest Score top_k; above 20 on vLLM also --engine-option max_logprobs=K",
+    )
+    serve.add_argument(
         "--max-connection-age",
         type=float,
         default=0.0,
@@ -223,6 +227,20 @@ def _add_generate_parser(sub) -> None:
         help="this worker's share of the examples (by id hash) when N workers write into "
         "the same --out; afterwards one plain run there marks duplicates and writes summary.json",
     )
+    gen.add_argument(
+        "--top-k", type=int, default=0,
+        help="offline logit KD: store the teacher's top-k log-probs per response token "
+        "in a side file beside each shard (0 = off)",
+    )
+    gen.add_argument(
+        "--top-k-model", default="", metavar="[NAME=]MODEL",
+        help="the teacher giving the top-k; like --model (default: the generator)",
+    )
+    gen.add_argument(
+        "--student-model", default="", metavar="[NAME=]MODEL",
+        help="with --top-k: the student, whose vocabulary must equal the teacher's; "
+        "like --model",
+    )
     gen.add_argument("--no-dedup", action="store_true", help="skip duplicate marking")
     gen.add_argument("--near-dup-threshold", type=float, default=0.85)
     gen.add_argument("--timeout", type=float, default=3600.0, help="seconds per example")
@@ -274,7 +292,8 @@ def _server_config(args):
         engine=_engine_settings(args),
         host=args.host,
         port=args.port,
-        limits=Limits(max_queue=args.max_queue, max_queue_tokens=args.max_queue_tokens),
+        limits=Limits(max_queue=args.max_queue, max_queue_tokens=args.max_queue_tokens,
+                      max_score_top_k=args.max_score_top_k),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         token_file=args.token_file,
@@ -415,6 +434,7 @@ async def _generate(args) -> int:
         near_dup_threshold=args.near_dup_threshold,
         timeout_s=args.timeout,
         progress=not args.no_progress,
+        top_k=args.top_k,
     )
     from teacher.distill.job import load_examples
 
@@ -430,12 +450,20 @@ async def _generate(args) -> int:
                 config.scorer_model = scorer.name
                 if scorer.name != generator.name:
                     specs.append(f"{scorer.name}={scorer.source}")
+            for option in ("top_k_model", "student_model"):
+                spec = getattr(args, option)
+                if spec:
+                    extra = parse_model_spec(spec)
+                    setattr(config, option, extra.name)
+                    if all(not s.startswith(f"{extra.name}=") for s in specs):
+                        specs.append(f"{extra.name}={extra.source}")
             client, _ = await stack.enter_async_context(
                 local_teacher(specs, _engine_settings(args), timeout_s=args.timeout)
             )
             address = client.addresses[0]
         else:
             config.model, config.scorer_model = args.model, args.scorer_model
+            config.top_k_model, config.student_model = args.top_k_model, args.student_model
             token = Path(args.token_file).read_text().strip() if args.token_file else None
             client = await stack.enter_async_context(
                 TeacherClient(address, token=token, timeout_s=args.timeout)

@@ -226,16 +226,18 @@ class ScoreItem(_message.Message):
     def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., completion: _Optional[str] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "items", "ppl_threshold", "return_tokens")
+    __slots__ = ("model", "items", "ppl_threshold", "return_tokens", "top_k")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     PPL_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     RETURN_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
     model: str
     items: _containers.RepeatedCompositeFieldContainer[ScoreItem]
     ppl_threshold: float
     return_tokens: bool
-    def __init__(self, model: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ..., ppl_threshold: _Optional[float] = ..., return_tokens: _Optional[bool] = ...) -> None: ...
+    top_k: int
+    def __init__(self, model: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ..., ppl_threshold: _Optional[float] = ..., return_tokens: _Optional[bool] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class TokenScore(_message.Message):
     __slots__ = ("token_id", "logprob", "token")
@@ -248,7 +250,7 @@ class TokenScore(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., token: _Optional[str] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
-    __slots__ = ("tokens", "nll_sum", "num_tokens", "mean_nll", "perplexity", "frac_above_threshold", "prompt_tokens")
+    __slots__ = ("tokens", "nll_sum", "num_tokens", "mean_nll", "perplexity", "frac_above_threshold", "prompt_tokens", "top_logprobs")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     NLL_SUM_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +258,7 @@ class ScoreResult(_message.Message):
     PERPLEXITY_FIELD_NUMBER: _ClassVar[int]
     FRAC_ABOVE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedCompositeFieldContainer[TokenScore]
     nll_sum: float
     num_tokens: int
@@ -263,7 +266,20 @@ class ScoreResult(_message.Message):
     perplexity: float
     frac_above_threshold: float
     prompt_tokens: int
-    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenScore, _Mapping]]] = ..., nll_sum: _Optional[float] = ..., num_tokens: _Optional[int] = ..., mean_nll: _Optional[float] = ..., perplexity: _Optional[float] = ..., frac_above_threshold: _Optional[float] = ..., prompt_tokens: _Optional[int] = ...) -> None: ...
+    top_logprobs: TopLogprobs
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenScore, _Mapping]]] = ..., nll_sum: _Optional[float] = ..., num_tokens: _Optional[int] = ..., mean_nll: _Optional[float] = ..., perplexity: _Optional[float] = ..., frac_above_threshold: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., top_logprobs: _Optional[_Union[TopLogprobs, _Mapping]] = ...) -> None: ...
+
+class TopLogprobs(_message.Message):
+    __slots__ = ("k", "token_ids", "logprobs", "tail_logprobs")
+    K_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    TAIL_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    k: int
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    logprobs: _containers.RepeatedScalarFieldContainer[float]
+    tail_logprobs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, k: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., tail_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("results", "provenance")

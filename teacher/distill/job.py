@@ -19,6 +19,14 @@ examples whose id hashes to I modulo N; each worker writes its own shards
 directory, so workers never share a file. A plain (single-worker) run of the same
 job afterwards finds every example done, marks duplicates across all shards and
 writes ``summary.json``.
+
+Offline logit KD (``top_k`` > 0): each record's chosen response is scored under the
+teacher (``top_k_model``, default the generator) with ``Score(top_k)``, and its top-k
+rows are appended to the shard's side file (``teacher.core.topk.side_path``) keyed by
+the record id. A restart scores the records whose rows are missing (killed between
+the two writes, or made before top_k was asked for); ``job.json`` records k, the
+scorer and its vocabulary size (``top_k``), and a served ``student_model`` whose
+vocabulary differs from the scorer's is refused (cross-tokenizer KD is out of scope).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import grpc
 
 from teacher.core.records import Record, RecordError, iter_records, shard_paths
 from teacher.core.tasks import Example, get_task
+from teacher.core.topk import TopKWriter, side_path
 from teacher.distill.modes import (
     DEFAULT_PPL_THRESHOLD,
     DistillOptions,
@@ -97,6 +106,13 @@ class GenerateConfig:
     near_dup_threshold: float = 0.85
     timeout_s: float = 3600.0
     progress: bool = True
+    # Offline logit KD: the teacher's top-k next tokens per response token, into the
+    # shards' side files; 0 = off. top_k_model: the teacher giving them ("" = model).
+    top_k: int = 0
+    top_k_model: str = ""
+    # The student's served name, if the server has it: with top_k, a teacher whose
+    # vocabulary differs from the student's is refused.
+    student_model: str = ""
 
     def __post_init__(self) -> None:
         self.mode = normalize_mode(self.mode)
@@ -109,6 +125,8 @@ class GenerateConfig:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 <= self.worker_index < self.num_workers:
             raise ValueError(f"worker {self.worker_index}/{self.num_workers}: the index must "
                              "be in [0, number of workers)")
@@ -269,12 +287,14 @@ class ShardWriter:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         return self._fd
 
-    def write(self, record: Record) -> None:
+    def write(self, record: Record) -> Path:
+        """Append ``record``; the shard it went to."""
         fd = self._open()
         data = (record.to_json() + "\n").encode("utf-8")
         os.write(fd, data)  # one append of the whole line: torn only if killed mid-call
         os.fsync(fd)
         self.count += 1
+        return self.out / self.pattern.format(self.index)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -473,8 +493,11 @@ async def run_job(client, config: GenerateConfig) -> dict[str, Any]:
         file=sys.stderr,
         flush=True,
     )
-    if todo:
+    if todo or config.top_k:
         await _check_models(client, config)
+    top = await TopKScorer.open(client, config) if config.top_k else None
+    if top is not None:
+        await top.backfill(_all_records(config.out, config.shard_prefix if worker else None))
     writer = ShardWriter(config.out, config.shard_size, config.shard_prefix)
     stats = Stats()
     semaphore = asyncio.Semaphore(config.concurrency)
@@ -490,7 +513,9 @@ async def run_job(client, config: GenerateConfig) -> dict[str, Any]:
                 if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
                     raise
                 record = _rejected_record(example, config.mode, f"teacher: {err.details()}")
-        writer.write(record)
+            shard = writer.write(record)
+            if top is not None:  # after the record: a kill between is made good on resume
+                await top.add(record, shard)
         stats.add(record)
         bar.set_postfix(stats.postfix(), refresh=False)
         bar.update(1)
@@ -506,6 +531,8 @@ async def run_job(client, config: GenerateConfig) -> dict[str, Any]:
     finally:
         bar.close()
         writer.close()
+        if top is not None:
+            top.close()
 
     duplicates = []
     if config.dedup and not worker:  # across workers: by the single-worker run at the end
@@ -525,6 +552,8 @@ async def run_job(client, config: GenerateConfig) -> dict[str, Any]:
         duplicate_ids=[asdict(d) for d in duplicates],
         ppl_threshold=config.ppl_threshold,
     )
+    if top is not None:
+        summary["top_k"] = top.summary()
     name = f"summary-{config.shard_prefix[:-1]}.json" if worker else SUMMARY_FILE
     (config.out / name).write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary), file=sys.stderr, flush=True)
@@ -538,6 +567,125 @@ def _all_records(out: Path, prefix: str | None = None) -> list[tuple[Record, Pat
 async def _check_models(client, config: GenerateConfig) -> None:
     """Fail early, by name, when the server does not host the asked-for models."""
     served = [m.name for m in await client.list_models()]
-    for role, name in (("--model", config.model), ("--scorer-model", config.scorer_model)):
+    for role, name in (("--model", config.model), ("--scorer-model", config.scorer_model),
+                       ("--top-k-model", config.top_k_model),
+                       ("--student-model", config.student_model)):
         if name and name not in served:
             raise JobError(f"{role} {name!r} is not served by the teacher; it serves {served}")
+
+
+# ---------------------------------------------------------------- top-k side files
+
+# Chosen responses scored per Score call when filling in missing rows on a restart.
+_BACKFILL_BATCH = 8
+# Text whose token ids must agree between teacher and student (beside the vocab size).
+_VOCAB_PROBE = "The student learns 17 * 23 = 391 from the teacher; ü, 日本, <|im_end|>."
+
+
+def _needs_top_k(record: Record) -> bool:
+    """Records the student trains on (a rejected one has no response to train on)."""
+    return record.status != "rejected" and bool(record.response)
+
+
+class TopKScorer:
+    """Scores chosen responses with top-k under the teacher into the side files."""
+
+    def __init__(self, client, config: GenerateConfig, manifest: dict[str, Any]):
+        self.client = client
+        self.config = config
+        self.model = manifest["model"]
+        self.k = config.top_k
+        self.manifest = manifest
+        self._writers: dict[Path, TopKWriter] = {}
+        self.scored = 0  # records scored by this run
+        self.tokens = 0  # their response tokens
+
+    @classmethod
+    async def open(cls, client, config: GenerateConfig) -> TopKScorer:
+        """Check the teacher (and the student's vocabulary) and pin them in job.json."""
+        served = {m.name: m for m in await client.list_models()}
+        name = config.top_k_model or config.model or next(
+            m.name for m in served.values() if m.is_default)
+        teacher = served[name]
+        manifest = {"k": config.top_k, "model": name, "source": teacher.source,
+                    "revision": teacher.revision, "engine": teacher.engine,
+                    "vocab_size": teacher.vocab_size}
+        if config.student_model:
+            student = served[config.student_model]
+            if student.vocab_size != teacher.vocab_size:
+                raise JobError(
+                    f"top_k: teacher {name!r} has a vocabulary of {teacher.vocab_size} tokens, "
+                    f"student {student.name!r} of {student.vocab_size}; logit distillation "
+                    "needs one vocabulary (cross-tokenizer KD is not supported)")
+            ids = [(await client.tokenize(_VOCAB_PROBE, model=m)).token_ids
+                   for m in (name, student.name)]
+            if ids[0] != ids[1]:
+                raise JobError(
+                    f"top_k: teacher {name!r} and student {student.name!r} tokenize the same "
+                    "text differently; logit distillation needs one tokenizer")
+            manifest.update(student_model=student.name, student_vocab_size=student.vocab_size)
+        _pin_top_k(config.out, manifest)
+        return cls(client, config, manifest)
+
+    def _writer(self, shard: Path) -> TopKWriter:
+        if shard not in self._writers:
+            self._writers[shard] = TopKWriter(side_path(shard))
+        return self._writers[shard]
+
+    async def _score(self, records: list[Record], shard: Path) -> None:
+        results = await self.client.score(
+            [(r.prompt, r.response) for r in records], model=self.model, top_k=self.k,
+            timeout_s=self.config.timeout_s)
+        writer = self._writer(shard)
+        for record, result in zip(records, results, strict=True):
+            top = result.top_logprobs
+            if top is None or top.num_tokens != result.num_tokens or top.k != self.k:
+                raise JobError(f"top_k: the teacher returned no {self.k} rows per token for "
+                               f"{record.id}")
+            writer.write(record.id, top)
+            self.scored += 1
+            self.tokens += top.num_tokens
+
+    async def add(self, record: Record, shard: Path) -> None:
+        if _needs_top_k(record) and record.id not in self._writer(shard).ids:
+            await self._score([record], shard)
+
+    async def backfill(self, written: list[tuple[Record, Path]]) -> None:
+        """Score the records already written whose rows are not in their side file."""
+        by_shard: dict[Path, list[Record]] = {}
+        for record, shard in written:
+            if _needs_top_k(record) and record.id not in self._writer(shard).ids:
+                by_shard.setdefault(shard, []).append(record)
+        missing = sum(len(rs) for rs in by_shard.values())
+        if missing:
+            print(f"top-k: {missing} written record(s) have no top-k rows yet; scoring them",
+                  file=sys.stderr, flush=True)
+        for shard, records in by_shard.items():
+            for at in range(0, len(records), _BACKFILL_BATCH):
+                await self._score(records[at:at + _BACKFILL_BATCH], shard)
+
+    def summary(self) -> dict[str, Any]:
+        stored = sum(len(w.ids) for w in self._writers.values())
+        return {**self.manifest, "records_scored_now": self.scored,
+                "tokens_scored_now": self.tokens, "records_in_side_files": stored}
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+
+
+def _pin_top_k(out: Path, manifest: dict[str, Any]) -> None:
+    """Record k and the scorer in job.json; refuse rows of another k or scorer, since
+    one side file must hold one teacher's distribution."""
+    path = out / JOB_FILE
+    job = json.loads(path.read_text())
+    previous = job.get("top_k")
+    if previous:
+        changed = {key: (previous.get(key), manifest[key]) for key in ("k", "model", "source")
+                   if previous.get(key) != manifest[key]}
+        if changed:
+            diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise JobError(f"{out} holds top-k rows of another teacher or k ({diff}); use "
+                           "another --out or the same top-k settings")
+    job["top_k"] = manifest
+    path.write_text(json.dumps(job, indent=2) + "\n")

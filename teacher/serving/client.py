@@ -242,9 +242,12 @@ class TeacherClient:
         return_tokens: bool = False,
         request_id: str | None = None,
         timeout_s: float | None = None,
+        top_k: int = 0,
     ) -> list[ScoreResult]:
         """Per-token statistics of each completion after its prompt; token ids,
-        logprobs and strings only with ``return_tokens``."""
+        logprobs and strings only with ``return_tokens``; with ``top_k`` each result's
+        ``top_logprobs`` (a ``teacher.core.topk.TopK``) holds the scorer's ``top_k`` most
+        likely tokens at every completion position and the mass outside them."""
         pb_items = []
         for item in items:
             prompt, completion = (
@@ -254,7 +257,8 @@ class TeacherClient:
                 pb.ScoreItem(prompt=convert.prompt_to_pb(prompt), completion=completion)
             )
         request = pb.ScoreRequest(
-            model=model, items=pb_items, ppl_threshold=ppl_threshold, return_tokens=return_tokens
+            model=model, items=pb_items, ppl_threshold=ppl_threshold, return_tokens=return_tokens,
+            top_k=top_k,
         )
         response = await self._unary("Score", request, request_id, timeout_s)
         return [convert.score_result_from_pb(r) for r in response.results]

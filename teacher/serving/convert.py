@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from teacher.api import teacher_pb2 as pb
 from teacher.core.records import CANDIDATE_KEYS, Candidate, Record
 from teacher.core.tasks import Example
+from teacher.core.topk import TopK
 from teacher.distill.modes import DEFAULT_PPL_THRESHOLD, DistillOptions, mode_names, wire_value
 from teacher.serving.engine import ModelInfo
 from teacher.serving.errors import InvalidArgument
@@ -160,7 +161,16 @@ def score_result_to_pb(r: ScoreResult, return_tokens: bool) -> pb.ScoreResult:
             pb.TokenScore(token_id=t, logprob=lp, token=s)
             for t, lp, s in zip(r.token_ids, r.logprobs, r.tokens, strict=True)
         ]
-    return _to_shared(r, pb.ScoreResult, tokens=tokens)
+    return _to_shared(r, pb.ScoreResult, tokens=tokens,
+                      top_logprobs=top_logprobs_to_pb(r.top_logprobs))
+
+
+def top_logprobs_to_pb(top: TopK | None) -> pb.TopLogprobs | None:
+    if top is None:
+        return None
+    return pb.TopLogprobs(k=top.k, token_ids=top.token_ids.ravel().tolist(),
+                          logprobs=top.logprobs.ravel().tolist(),
+                          tail_logprobs=top.tail_logprobs.tolist())
 
 
 def model_info_to_pb(info: ModelInfo, is_default: bool) -> pb.ModelInfo:
@@ -205,7 +215,13 @@ def score_result_from_pb(r: pb.ScoreResult) -> ScoreResult:
         token_ids=tuple(t.token_id for t in r.tokens),
         logprobs=tuple(t.logprob for t in r.tokens),
         tokens=tuple(t.token for t in r.tokens),
+        top_logprobs=top_logprobs_from_pb(r.top_logprobs) if r.HasField("top_logprobs")
+        else None,
     )
+
+
+def top_logprobs_from_pb(t: pb.TopLogprobs) -> TopK:
+    return TopK.from_flat(t.k, list(t.token_ids), list(t.logprobs), list(t.tail_logprobs))
 
 
 def tokenize_from_pb(r: pb.TokenizeResponse) -> TokenizeResult:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, runtime_checkable
 
+from teacher.core.topk import TopK
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.tokenization import PromptTokenizer
 
@@ -83,6 +84,16 @@ class ScoreInput:
     completion_ids: Sequence[int]
 
 
+@dataclass(frozen=True)
+class ScoreOutput:
+    """One scored completion: the logprob of each completion token and, when
+    ``score`` was asked for ``top_k``, the model's top-k rows at those positions
+    (row t = the distribution that predicted completion token t)."""
+
+    logprobs: list[float]
+    top: TopK | None = None
+
+
 # The batch-size knob of each engine: EngineSettings.max_batch_size is passed as it.
 BATCH_SIZE_OPTION = {"hf": "max_batch_size", "vllm": "max_num_seqs"}
 
@@ -131,8 +142,12 @@ class Engine(Protocol):
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         """Stream new tokens. Breaking out of the iterator aborts the request."""
 
-    async def score(self, items: Sequence[ScoreInput]) -> list[list[float]]:
-        """Logprob of every completion token given the prompt and earlier tokens."""
+    async def score(self, items: Sequence[ScoreInput], top_k: int = 0) -> list[ScoreOutput]:
+        """Logprob of every completion token given the prompt and earlier tokens; with
+        ``top_k`` > 0 also the ``top_k`` most likely tokens at each of those positions,
+        sorted, and the log of the mass outside them (the service has checked ``top_k``
+        against its limit; an engine that cannot give that many raises InvalidArgument
+        naming ``top_k``)."""
 
     async def abort(self, request_id: str) -> None:
         """Stop a running request and free its slot; unknown ids are ignored."""

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from teacher.core.topk import TopK
 from teacher.serving.engine import Engine, EngineRequest, ModelInfo, ScoreInput
 from teacher.serving.errors import EngineUnavailable, InvalidArgument, ResourceExhausted, clip
 from teacher.serving.sampling import SamplingParams
@@ -57,6 +58,12 @@ class Limits:
     # Scored (prompt, completion) pairs remembered per model: a data job scores each
     # reference once per mode, and the engine's output for the same tokens is the same.
     score_cache_items: int = 4096
+    # Score's top_k: at most this many tokens per position (vLLM's own default bound,
+    # max_logprobs, is 20 too), and a reply's top-k arrays at most this many bytes
+    # (k x 8 + 4 per completion token on the wire), so that a reply fits the same
+    # 16 MiB as the largest request; beyond it RESOURCE_EXHAUSTED: split the request.
+    max_score_top_k: int = 20
+    max_top_k_reply_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,7 @@ class ScoreResult:
     perplexity: float
     frac_above_threshold: float
     prompt_tokens: int
+    top_logprobs: TopK | None = None  # with top_k: the scorer's top-k at each token
 
 
 @dataclass(frozen=True)
@@ -642,6 +650,7 @@ class TeacherService:
         items: Sequence[ScoreItem],
         ppl_threshold: float = 0.0,
         return_tokens: bool = False,
+        top_k: int = 0,
     ) -> tuple[list[ScoreResult], ModelHost]:
         host = self.host(model)
         if not items:
@@ -652,6 +661,9 @@ class TeacherService:
             )
         if not math.isfinite(ppl_threshold) or ppl_threshold < 0:
             raise InvalidArgument("ppl_threshold", f"{ppl_threshold} must be >= 0")
+        most = min(self.limits.max_score_top_k, host.info.vocab_size)
+        if not 0 <= top_k <= most:
+            raise InvalidArgument("top_k", f"{top_k} outside [0, {most}]")
         tokenizer = host.engine.tokenizer
         inputs = []
         context = host.info.context_length
@@ -670,21 +682,31 @@ class TeacherService:
                     f"over the context length {context}",
                 )
             inputs.append(ScoreInput(prompt_ids, completion_ids))
+        if top_k:
+            self._check_top_k_reply(inputs, top_k)
         keys = [(tuple(i.prompt_ids), tuple(i.completion_ids)) for i in inputs]
         cache = host.score_cache
-        missing = [k for k, key in enumerate(keys) if key not in cache]
+        # The cache keeps logprobs only (top-k rows would be k times its memory): a
+        # top-k request computes every item.
+        missing = [k for k, key in enumerate(keys) if top_k or key not in cache]
         tokens = sum(len(inputs[k].prompt_ids) + len(inputs[k].completion_ids) for k in missing)
+        # Admission counts a top-k item like any other: the forward pass is the work
+        # (top-k adds a sort per position, see benchmarks/score_topk.py) and the rows'
+        # memory is bounded by max_top_k_reply_bytes per request.
         with host.admit(len(missing), tokens):
-            computed = await host.engine.score([inputs[k] for k in missing]) if missing else []
+            computed = (await host.engine.score([inputs[k] for k in missing], top_k=top_k)
+                        if missing else [])
         fresh = dict(zip(missing, computed, strict=True))
-        all_logprobs = [fresh[k] if k in fresh else cache[key] for k, key in enumerate(keys)]
+        all_logprobs = [fresh[k].logprobs if k in fresh else cache[key]
+                        for k, key in enumerate(keys)]
+        tops = [fresh[k].top if k in fresh else None for k in range(len(keys))]
         for k, key in enumerate(keys):  # most recently used last; oldest evicted
             cache[key] = all_logprobs[k]
             cache.move_to_end(key)
         while len(cache) > self.limits.score_cache_items:
             cache.popitem(last=False)
         results = []
-        for inp, logprobs in zip(inputs, all_logprobs, strict=True):
+        for inp, logprobs, top in zip(inputs, all_logprobs, tops, strict=True):
             nll_sum, mean, ppl, above = summarize_logprobs(logprobs, ppl_threshold)
             results.append(
                 ScoreResult(
@@ -699,9 +721,22 @@ class TeacherService:
                     perplexity=ppl,
                     frac_above_threshold=above,
                     prompt_tokens=len(inp.prompt_ids),
+                    top_logprobs=top,
                 )
             )
         return results, host
+
+    def _check_top_k_reply(self, inputs: Sequence[ScoreInput], top_k: int) -> None:
+        """Refuse a top-k request whose reply would outgrow the bound (before any work)."""
+        tokens = sum(len(i.completion_ids) for i in inputs)
+        size = tokens * (8 * top_k + 4)  # int32 id + float32 logprob per cell, float32 tail
+        bound = self.limits.max_top_k_reply_bytes
+        if size > bound:
+            raise ResourceExhausted(
+                f"top_k: {top_k} x {tokens} completion tokens make a reply of about "
+                f"{size / 2**20:.1f} MiB, over the {bound / 2**20:.0f} MiB bound; split the "
+                "request or lower top_k"
+            )
 
     # ------------------------------------------------------------ text and token access
 
@@ -721,4 +756,4 @@ class TeacherService:
         host = self.host(model)
         tokens = sum(len(i.prompt_ids) + len(i.completion_ids) for i in items)
         with host.admit(len(items), tokens):
-            return await host.engine.score(list(items))
+            return [out.logprobs for out in await host.engine.score(list(items))]

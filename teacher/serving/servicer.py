@@ -111,7 +111,8 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         async with rpc_scope(context, "Score") as request_id:
             items = convert.score_items_from_pb(request.items)
             results, host = await self.service.score(
-                request.model, items, request.ppl_threshold, request.return_tokens
+                request.model, items, request.ppl_threshold, request.return_tokens,
+                top_k=request.top_k,
             )
             return pb.ScoreResponse(
                 results=[convert.score_result_to_pb(r, request.return_tokens) for r in results],

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
+import numpy as np
+
+from teacher.core.topk import TopK
 from teacher.serving import engine as protocol
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.service import Limits, ModelHost, TeacherService
@@ -38,20 +41,24 @@ class CharTokenizer:
 
 class ScriptedEngine:
     """Sample i of a request (seed i: pass seed 0) writes ``script[i]``, one character
-    per step, after ``delay_s``; scores each completion token -0.1, -0.2 or -0.3."""
+    per step, after ``delay_s``; scores each completion token -0.1, -0.2 or -0.3 (and
+    with top_k gives ``scripted_top`` rows)."""
 
-    def __init__(self, script: Sequence[object], delay_s: float = 0.0):
+    def __init__(self, script: Sequence[object], delay_s: float = 0.0,
+                 vocab_size: int = 1 << 16, name: str = "scripted"):
         self.tokenizer = PromptTokenizer(CharTokenizer())
         self.script = list(script)
         self.delay_s = delay_s
+        self.vocab_size = vocab_size
+        self.name = name
         self.requests: list[protocol.EngineRequest] = []
 
     async def start(self) -> None:
         pass
 
     def info(self) -> protocol.ModelInfo:
-        return protocol.ModelInfo("scripted", "scripted", "rev1", "scripted", "0", 1 << 20, 1 << 16,
-                         (0,), "float32", "cpu")
+        return protocol.ModelInfo(self.name, "scripted", "rev1", "scripted", "0", 1 << 20,
+                                  self.vocab_size, (0,), "float32", "cpu")
 
     def load(self) -> protocol.EngineLoad:
         return protocol.EngineLoad()
@@ -74,8 +81,11 @@ class ScriptedEngine:
                 finish = "length" if len(text) == request.sampling.max_new_tokens else "eos"
             yield protocol.EngineOutput((protocol.TokenStep(ord(char)),), finish=finish)
 
-    async def score(self, items: Sequence[protocol.ScoreInput]) -> list[list[float]]:
-        return [[-0.1 * (1 + t % 3) for t in item.completion_ids] for item in items]
+    async def score(self, items: Sequence[protocol.ScoreInput],
+                    top_k: int = 0) -> list[protocol.ScoreOutput]:
+        return [protocol.ScoreOutput([-0.1 * (1 + t % 3) for t in item.completion_ids],
+                                     scripted_top(item.completion_ids, top_k))
+                for item in items]
 
     async def abort(self, request_id: str) -> None:
         pass
@@ -85,6 +95,17 @@ class ScriptedEngine:
 
     async def shutdown(self) -> None:
         pass
+
+
+def scripted_top(ids: Sequence[int], k: int) -> TopK | None:
+    """Row t: token ids[t] and the k - 1 ids after it, with probabilities 1/2, 1/4, ...;
+    the tail holds the remaining 2^-k."""
+    if k <= 0:
+        return None
+    rows = (np.asarray(ids, np.int64)[:, None] + np.arange(k)) % (1 << 16)
+    lps = np.tile(np.log(0.5) * np.arange(1, k + 1), (len(ids), 1))
+    return TopK(rows.reshape(len(ids), k), lps.reshape(len(ids), k),
+                np.full(len(ids), k * np.log(0.5)))
 
 
 async def scripted_service(script: Sequence[object], delay_s: float = 0.0,

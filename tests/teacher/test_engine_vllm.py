@@ -257,7 +257,7 @@ async def test_score_matches_transformers(engine, hf, prompts):
         ScoreInput(p, tok.encode_completion(c)) for p, c in zip(prompts, completions, strict=True)
     ]
     t0 = time.perf_counter()
-    scores = await engine.score(items)
+    scores = [out.logprobs for out in await engine.score(items)]
     print(f"\nvLLM score of {len(items)} items: {time.perf_counter() - t0:.2f} s")
     assert len(scores) == len(items)
     for item, got in zip(items, scores, strict=True):
@@ -270,7 +270,8 @@ async def test_score_matches_transformers(engine, hf, prompts):
         nll_want = -sum(want) / len(want)
         assert nll_got == pytest.approx(nll_want, abs=TOL)
         assert got == pytest.approx(want, abs=5 * TOL)
-    assert await engine.score([ScoreInput(prompts[0], [])]) == [[]]
+    (empty,) = await engine.score([ScoreInput(prompts[0], [])])
+    assert empty.logprobs == [] and empty.top is None
     assert engine.load() == EngineLoad(0, 0)
 
 

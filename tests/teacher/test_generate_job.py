@@ -150,7 +150,8 @@ def test_flat_sampling_settings_make_up_the_job_sampling(tmp_path):
         "task", "split", "mode", "out", "model", "scorer_model", "limit", "sample_seed", "data_dir",
         "num_candidates", "template", "temperature", "top_p", "max_new_tokens", "seed",
         "ppl_threshold", "require_correct", "fallback", "concurrency", "shard_size",
-        "num_workers", "worker_index", "dedup", "near_dup_threshold", "timeout_s", "progress"]
+        "num_workers", "worker_index", "dedup", "near_dup_threshold", "timeout_s", "progress",
+        "top_k", "top_k_model", "student_model"]
 
 
 def test_example_seed_is_stable_and_distinct():

@@ -33,8 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from teacher.core.topk import TopK
 from teacher.serving.engine import (
     EngineLoad,
     EngineOutput,
@@ -42,6 +44,7 @@ from teacher.serving.engine import (
     EngineSettings,
     ModelInfo,
     ScoreInput,
+    ScoreOutput,
     TokenStep,
 )
 from teacher.serving.errors import EngineUnavailable
@@ -71,7 +74,8 @@ class _Sequence:
 class _ScoreJob:
     items: Sequence[ScoreInput]
     future: asyncio.Future
-    results: list[list[float]] = field(default_factory=list)
+    top_k: int = 0
+    results: list[ScoreOutput] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -346,9 +350,9 @@ class HFEngine:
                 if seq in self._pending:
                     self._pending.remove(seq)
 
-    async def score(self, items: Sequence[ScoreInput]) -> list[list[float]]:
+    async def score(self, items: Sequence[ScoreInput], top_k: int = 0) -> list[ScoreOutput]:
         self._check_alive()
-        job = _ScoreJob(items, asyncio.get_running_loop().create_future())
+        job = _ScoreJob(items, asyncio.get_running_loop().create_future(), top_k)
         with self._lock:
             self._pending.append(job)
         self._wakeup.set()
@@ -393,7 +397,7 @@ class HFEngine:
                         continue
                     try:
                         job.results = await loop.run_in_executor(
-                            self._executor, self._score_items, job.items
+                            self._executor, self._score_items, job.items, job.top_k
                         )
                     finally:
                         self._scoring = 0
@@ -611,8 +615,8 @@ class HFEngine:
         return token, TokenStep(token, lp, top)
 
     @torch.inference_mode()
-    def _score_items(self, items: Sequence[ScoreInput]) -> list[list[float]]:
-        results: list[list[float]] = []
+    def _score_items(self, items: Sequence[ScoreInput], top_k: int = 0) -> list[ScoreOutput]:
+        results: list[ScoreOutput] = []
         # Chunks bounded by completion tokens: logits are kept for those positions only.
         for chunk in _chunks_by_budget(items, self.max_score_tokens):
             seqs = [list(it.prompt_ids) + list(it.completion_ids) for it in chunk]
@@ -631,12 +635,14 @@ class HFEngine:
             for row, it in enumerate(chunk):
                 n = len(it.completion_ids)
                 if n == 0:
-                    results.append([])
+                    results.append(ScoreOutput([], _empty_top(top_k)))
                     continue
                 row_logits = logits[row, longest - n :]
                 targets = torch.tensor(list(it.completion_ids), device=row_logits.device)
-                lp = torch.log_softmax(row_logits, dim=-1).gather(1, targets[:, None])[:, 0]
-                results.append(lp.tolist())
+                # One row's [n, vocab] at a time (never the whole chunk's), reused in place.
+                row_lp = torch.log_softmax(row_logits, dim=-1)
+                lp = row_lp.gather(1, targets[:, None])[:, 0]
+                results.append(ScoreOutput(lp.tolist(), _top_rows(row_lp, top_k)))
         return results
 
     def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -647,6 +653,24 @@ class HFEngine:
             ids[row, width - len(s) :] = torch.tensor(s, dtype=torch.long)
             mask[row, width - len(s) :] = 1
         return ids.to(self.device), mask.to(self.device)
+
+
+def _top_rows(logprobs: torch.Tensor, k: int) -> TopK | None:
+    """The k most likely tokens of each row of ``logprobs`` [n, vocab] (sorted) and the
+    log of the mass outside them, computed exactly as the logsumexp of the other
+    entries (no 1 - sum cancellation). Overwrites ``logprobs``."""
+    if k <= 0:
+        return None
+    values, ids = torch.topk(logprobs, k, dim=-1)  # sorted high to low
+    tail = logprobs.scatter_(1, ids, float("-inf")).logsumexp(-1)
+    return TopK(ids.to(torch.int32).cpu().numpy(), values.cpu().numpy(), tail.cpu().numpy())
+
+
+def _empty_top(k: int) -> TopK | None:
+    if k <= 0:
+        return None
+    return TopK(np.zeros((0, k), np.int32), np.zeros((0, k), np.float32),
+                np.zeros(0, np.float32))
 
 
 def _common_prefix(prompts: list[list[int]]) -> int:

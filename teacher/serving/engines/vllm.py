@@ -34,6 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
+
+from teacher.core.topk import TopK
 from teacher.serving.engine import (
     EngineLoad,
     EngineOutput,
@@ -42,6 +45,7 @@ from teacher.serving.engine import (
     FinishReason,
     ModelInfo,
     ScoreInput,
+    ScoreOutput,
     TokenStep,
 )
 from teacher.serving.errors import EngineUnavailable, InvalidArgument, TeacherError
@@ -330,9 +334,15 @@ class VLLMEngine:
             return _FINISH[reason]
         raise EngineUnavailable(f"vLLM ended the request with {reason!r}")
 
-    async def score(self, items: Sequence[ScoreInput]) -> list[list[float]]:
+    async def score(self, items: Sequence[ScoreInput], top_k: int = 0) -> list[ScoreOutput]:
         llm = self._engine()
         max_len = self.info().context_length
+        max_logprobs = int(llm.model_config.max_logprobs)
+        if max_logprobs >= 0 and top_k > max_logprobs:
+            raise InvalidArgument(
+                "top_k", f"{top_k} > {max_logprobs}, vLLM's max_logprobs for this model "
+                "(raise it with the engine option max_logprobs)"
+            )
         for i, item in enumerate(items):
             if item.completion_ids and not item.prompt_ids:
                 raise InvalidArgument(f"items[{i}].prompt", "a scored prompt must not be empty")
@@ -342,20 +352,23 @@ class VLLMEngine:
                     f"items[{i}]", f"prompt + completion must be under {max_len} tokens"
                 )
         # Submitted together so vLLM schedules them in the same batches.
-        return list(await asyncio.gather(*(self._score_one(llm, item) for item in items)))
+        return list(await asyncio.gather(*(self._score_one(llm, item, top_k) for item in items)))
 
-    async def _score_one(self, llm: Any, item: ScoreInput) -> list[float]:
+    async def _score_one(self, llm: Any, item: ScoreInput, top_k: int) -> ScoreOutput:
         from vllm.sampling_params import RequestOutputKind
         from vllm.sampling_params import SamplingParams as VLLMSamplingParams
 
         completion = [int(t) for t in item.completion_ids]
         if not completion:
-            return []
+            return ScoreOutput([], _top_from_flat([], top_k))
         ids = [int(t) for t in item.prompt_ids] + completion
         params = VLLMSamplingParams(
             max_tokens=1,
             temperature=0.0,
-            prompt_logprobs=0,  # just the logprob of each actual prompt token
+            # Per prompt position: the actual token's logprob, then the top_k (if any).
+            prompt_logprobs=top_k,
+            # Flat lists rather than a dict of Logprob objects per position.
+            flat_logprobs=True,
             output_kind=RequestOutputKind.FINAL_ONLY,
             detokenize=False,
         )
@@ -373,17 +386,48 @@ class VLLMEngine:
             self._inflight.pop(key, None)
         if final is None or final.prompt_logprobs is None:
             raise EngineUnavailable("vLLM returned no prompt logprobs")
-        # prompt_logprobs[i] scores token i given tokens < i (entry 0 is None).
+        # Position i scores token i given tokens < i (position 0 is empty).
+        flat = final.prompt_logprobs
         start = len(ids) - len(completion)
-        return [
-            float(final.prompt_logprobs[start + j][t].logprob) for j, t in enumerate(completion)
-        ]
+        rows = []
+        for j, token in enumerate(completion):
+            at, end = flat.start_indices[start + j], flat.end_indices[start + j]
+            if end - at != 1 + top_k or flat.token_ids[at] != token:
+                raise EngineUnavailable(
+                    f"vLLM returned {end - at} prompt logprobs at position {start + j} "
+                    f"(token {flat.token_ids[at] if end > at else None}, expected {token} "
+                    f"and {top_k} more)"
+                )
+            rows.append((at, end))
+        logprobs = [float(flat.logprobs[at]) for at, _ in rows]
+        top = _top_from_flat([(flat.token_ids[at + 1:end], flat.logprobs[at + 1:end])
+                              for at, end in rows], top_k)
+        return ScoreOutput(logprobs, top)
 
     async def abort(self, request_id: str) -> None:
         llm = self._llm
         if llm is not None and not llm.errored:
             # Aborting an unknown or finished id is a no-op in vLLM.
             await llm.abort(request_id)
+
+
+def _top_from_flat(rows: Sequence[tuple[Sequence[int], Sequence[float]]], k: int
+                   ) -> TopK | None:
+    """TopK from vLLM's per-position top-k (ids, logprobs), already in rank order.
+
+    vLLM returns only the top k, so the mass outside them is log(1 - sum(exp(row))),
+    in float64; mass below float32's resolution of a probability sum (1e-7) cannot be
+    told from rounding and is floored there (hf computes the tail exactly)."""
+    if k <= 0:
+        return None
+    ids = np.asarray([r[0] for r in rows], np.int32).reshape(len(rows), k)
+    lps = np.asarray([r[1] for r in rows], np.float64).reshape(len(rows), k)
+    rest = 1.0 - np.exp(lps).sum(axis=1)
+    tail = np.log(np.maximum(rest, _MIN_TAIL_MASS))
+    return TopK(ids, lps.astype(np.float32), tail.astype(np.float32))
+
+
+_MIN_TAIL_MASS = 1e-7
 
 
 def _engine_input(llm: Any, prompt_ids: Sequence[int]) -> Any:
