@@ -49,9 +49,9 @@ class RecordingEngine(ScriptedEngine):
         super().__init__(script)
         self.scored: list[ScoreInput] = []
 
-    async def score(self, items):
+    async def score(self, items, top_k=0):
         self.scored.extend(items)
-        return await super().score(items)
+        return await super().score(items, top_k)
 
 
 async def _distill_recorded(example: Example, script, **options):
