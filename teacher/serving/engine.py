@@ -30,6 +30,7 @@ class EngineRequest:
     request_id: str
     prompt_ids: Sequence[int]
     sampling: SamplingParams  # one sample's settings: see SamplingParams.for_sample
+    adapter: str = ""  # the EngineAdapter.key to generate under; "" = the base model
 
     def __post_init__(self) -> None:
         s = self.sampling
@@ -78,6 +79,17 @@ class EngineLoad:
 
 
 @dataclass(frozen=True)
+class EngineAdapter:
+    """A LoRA adapter as an engine loads it: ``key`` is the engine's name for this
+    version of its weights (unique per load; letters and digits only), ``path`` a
+    checked adapter directory (``teacher.serving.adapters.read_adapter``)."""
+
+    key: str
+    path: str
+    rank: int
+
+
+@dataclass(frozen=True)
 class ScoreInput:
     prompt_ids: Sequence[int]
     completion_ids: Sequence[int]
@@ -104,6 +116,11 @@ class EngineSettings:
     seed: int = 0
     max_batch_size: int | None = None
     options: dict = field(default_factory=dict)
+    # Runtime LoRA adapters per model (LoadAdapter): at most this many loaded at once
+    # (0 = none; vLLM then runs without its LoRA layers), each of rank <= max_lora_rank
+    # (vLLM allows 1, 8, 16, 32, 64, 128, 256, 320, 512).
+    max_adapters: int = 4
+    max_lora_rank: int = 16
 
     def resolved(self) -> EngineSettings:
         """The engine named, and ``max_batch_size`` moved into ``options`` under the
@@ -120,6 +137,7 @@ class Engine(Protocol):
     """What the service calls. All methods are safe to call from the event loop."""
 
     tokenizer: PromptTokenizer
+    config: EngineSettings  # as constructed (max_adapters, max_lora_rank: adapter bounds)
 
     async def start(self) -> None:
         """Load the model; afterwards ``info()`` is valid and requests are served."""
@@ -131,8 +149,15 @@ class Engine(Protocol):
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         """Stream new tokens. Breaking out of the iterator aborts the request."""
 
-    async def score(self, items: Sequence[ScoreInput]) -> list[list[float]]:
-        """Logprob of every completion token given the prompt and earlier tokens."""
+    async def score(self, items: Sequence[ScoreInput], adapter: str = "") -> list[list[float]]:
+        """Logprob of every completion token given the prompt and earlier tokens
+        (under the loaded adapter ``adapter`` when given)."""
+
+    async def load_adapter(self, adapter: EngineAdapter) -> None:
+        """Make ``adapter.key`` usable in requests; a bad adapter is InvalidArgument."""
+
+    async def unload_adapter(self, key: str) -> None:
+        """Free an adapter no request uses any more (the service makes sure of that)."""
 
     async def abort(self, request_id: str) -> None:
         """Stop a running request and free its slot; unknown ids are ignored."""
