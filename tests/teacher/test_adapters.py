@@ -281,6 +281,28 @@ async def test_adapter_file_contents_are_checked_not_trusted(tiny_client, tiny_a
                   grpc.StatusCode.INVALID_ARGUMENT, "path")
 
 
+async def test_a_client_of_replicas_loads_and_unloads_on_every_one(
+    tiny_server, tiny_model, tiny_adapters
+):
+    other = await start(tiny_model, "hf", max_adapters=1)
+    try:
+        ports = [tiny_server.port, other.port]
+        addresses = ",".join(f"127.0.0.1:{p}" for p in ports)
+        async with TeacherClient(addresses, retries=0) as client:
+            await client.load_adapter("base", "s", str(tiny_adapters["v1"]))
+            for port in ports:  # each replica serves it, with the same weights
+                async with TeacherClient(f"127.0.0.1:{port}", retries=0) as one:
+                    assert "s" in {m.name for m in await one.list_models()}
+                    assert await greedy(one, "s", 8) == Reference(
+                        tiny_model, tiny_adapters["v1"]).generate(PROMPT, 8)
+            await client.unload_adapter("s")
+            for port in ports:
+                async with TeacherClient(f"127.0.0.1:{port}", retries=0) as one:
+                    await refused(greedy(one, "s"), grpc.StatusCode.NOT_FOUND, "model")
+    finally:
+        await other.drain_and_stop()
+
+
 # ---------------------------------------------------------------- slow: smollm2, both engines
 
 ENGINE_PARAMS = ["hf"] + ([pytest.param("vllm", marks=pytest.mark.vllm)] if HAS_VLLM else [])

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -558,7 +559,9 @@ class HFEngine:
             self.model = peft.unload()
             self._peft = None
         else:
-            peft.delete_adapter(key)
+            with warnings.catch_warnings():  # "was active, now deleted": rows name theirs
+                warnings.filterwarnings("ignore", message=".*was active which is now deleted")
+                peft.delete_adapter(key)
 
     def _adapter_args(self, keys: Sequence[str]) -> dict:
         """The forward's ``adapter_names`` (one per batch row) while adapters are loaded."""
