@@ -9,6 +9,7 @@ smollm2-135m on both engines (vLLM runtime LoRA: marked ``vllm``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,10 +18,12 @@ import pytest
 
 from teacher.serving.client import TeacherClient
 from teacher.serving.engine import EngineSettings, load_engine
+from teacher.serving.errors import NotFound, ResourceExhausted
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.server import ServerConfig, TeacherServer
 from teacher.serving.service import ModelHost, SampleResult, TeacherService
 from tests.conftest import HAS_VLLM
+from tests.teacher.helpers import ScriptedEngine
 
 PROMPT = "The capital of France is"
 COMPLETION = " Paris, a city on the Seine."
@@ -301,6 +304,57 @@ async def test_a_client_of_replicas_loads_and_unloads_on_every_one(
                     await refused(greedy(one, "s"), grpc.StatusCode.NOT_FOUND, "model")
     finally:
         await other.drain_and_stop()
+
+
+class AdapterScriptedEngine(ScriptedEngine):
+    """The scripted engine on the tiny model's config, recording adapter loads and frees
+    and which adapter each request ran under."""
+
+    def __init__(self, base_dir: Path, delay_s: float):
+        super().__init__(["abcdefgh"], delay_s)
+        self.base_dir = str(base_dir)
+        self.config = EngineSettings(max_adapters=1, max_lora_rank=16)
+        self.loaded: list[str] = []
+        self.freed: list[str] = []
+
+    def info(self):
+        return dataclasses.replace(super().info(), source=self.base_dir)
+
+    async def load_adapter(self, adapter) -> None:
+        self.loaded.append(adapter.key)
+
+    async def unload_adapter(self, key: str) -> None:
+        self.freed.append(key)
+
+
+async def test_a_replaced_version_is_freed_after_its_last_request(tiny_model, tiny_adapters):
+    engine = AdapterScriptedEngine(tiny_model, delay_s=0.3)
+    service = TeacherService([ModelHost("base", engine, 64)])
+    await service.start()
+    a = {k: str(v) for k, v in tiny_adapters.items()}
+    await service.load_adapter("base", "s", a["v1"])
+
+    async def run() -> str:
+        return "".join([e.text async for e in service.generate("s", "hi", SamplingParams(
+            seed=0)) if isinstance(e, SampleResult)])
+
+    running = asyncio.create_task(run())
+    await asyncio.sleep(0.1)  # admitted under the first version
+    assert (await service.load_adapter("base", "s", a["v2"], replace=True)).replaced
+    assert engine.freed == []  # the first version still runs a request
+    # One retired version per adapter slot: another swap must wait for it.
+    with pytest.raises(ResourceExhausted):
+        await service.load_adapter("base", "s", a["other"], replace=True)
+    assert await running == "abcdefgh"
+    await asyncio.sleep(0)  # the release runs as a task once the request ends
+    assert engine.freed == [engine.loaded[0]]
+    await service.load_adapter("base", "s", a["other"], replace=True)
+    assert engine.freed == engine.loaded[:2]  # the idle second version: freed at once
+    assert [r.adapter for r in engine.requests] == [engine.loaded[0]]
+    await service.unload_adapter("s")
+    assert engine.freed == engine.loaded
+    with pytest.raises(NotFound):
+        service.host("s")
 
 
 # ---------------------------------------------------------------- slow: smollm2, both engines
