@@ -20,7 +20,7 @@ from teacher.core.config import ConfigError, did_you_mean, load_config, to_dict
 from teacher.serving.engine import EngineSettings, available_engines
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
-_LATER_ENGINE_KEYS = ("device", "seed")
+_LATER_ENGINE_KEYS = ("device", "seed", "max_adapters", "max_lora_rank")
 
 
 class UnknownSuiteError(ValueError):

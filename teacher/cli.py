@@ -25,6 +25,13 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, ...")
     p.add_argument("--max-model-len", type=int, default=2048, help="context length to serve")
     p.add_argument(
+        "--max-adapters", type=int, default=0,
+        help="LoRA adapters a client may load per model at run time (LoadAdapter); 0 (the "
+        "default) = none, and vLLM runs without its LoRA layers, whose cost is not measured",
+    )
+    p.add_argument("--max-lora-rank", type=int, default=16,
+                   help="the largest LoRA rank LoadAdapter accepts")
+    p.add_argument(
         "--engine-option",
         action="append",
         default=[],
@@ -280,6 +287,8 @@ def _engine_settings(args):
         dtype=args.dtype,
         max_model_len=args.max_model_len,
         options=_engine_options(args.engine_option),
+        max_adapters=args.max_adapters,
+        max_lora_rank=args.max_lora_rank,
     )
 
 

@@ -69,6 +69,16 @@ class TeacherStub:
                 request_serializer=teacher_dot_api_dot_teacher__pb2.DistillRequest.SerializeToString,
                 response_deserializer=teacher_dot_api_dot_teacher__pb2.DistillResponse.FromString,
                 _registered_method=True)
+        self.LoadAdapter = channel.unary_unary(
+                '/distill.teacher.v1.Teacher/LoadAdapter',
+                request_serializer=teacher_dot_api_dot_teacher__pb2.LoadAdapterRequest.SerializeToString,
+                response_deserializer=teacher_dot_api_dot_teacher__pb2.LoadAdapterResponse.FromString,
+                _registered_method=True)
+        self.UnloadAdapter = channel.unary_unary(
+                '/distill.teacher.v1.Teacher/UnloadAdapter',
+                request_serializer=teacher_dot_api_dot_teacher__pb2.UnloadAdapterRequest.SerializeToString,
+                response_deserializer=teacher_dot_api_dot_teacher__pb2.UnloadAdapterResponse.FromString,
+                _registered_method=True)
 
 
 class TeacherServicer:
@@ -123,6 +133,20 @@ class TeacherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadAdapter(self, request, context):
+        """Serve a peft LoRA adapter of a served base model under its own name (requests
+        address it as `model`), until UnloadAdapter. See LoadAdapterRequest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadAdapter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TeacherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +184,16 @@ def add_TeacherServicer_to_server(servicer, server):
                     servicer.Distill,
                     request_deserializer=teacher_dot_api_dot_teacher__pb2.DistillRequest.FromString,
                     response_serializer=teacher_dot_api_dot_teacher__pb2.DistillResponse.SerializeToString,
+            ),
+            'LoadAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadAdapter,
+                    request_deserializer=teacher_dot_api_dot_teacher__pb2.LoadAdapterRequest.FromString,
+                    response_serializer=teacher_dot_api_dot_teacher__pb2.LoadAdapterResponse.SerializeToString,
+            ),
+            'UnloadAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadAdapter,
+                    request_deserializer=teacher_dot_api_dot_teacher__pb2.UnloadAdapterRequest.FromString,
+                    response_serializer=teacher_dot_api_dot_teacher__pb2.UnloadAdapterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +385,60 @@ class Teacher:
             '/distill.teacher.v1.Teacher/Distill',
             teacher_dot_api_dot_teacher__pb2.DistillRequest.SerializeToString,
             teacher_dot_api_dot_teacher__pb2.DistillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distill.teacher.v1.Teacher/LoadAdapter',
+            teacher_dot_api_dot_teacher__pb2.LoadAdapterRequest.SerializeToString,
+            teacher_dot_api_dot_teacher__pb2.LoadAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distill.teacher.v1.Teacher/UnloadAdapter',
+            teacher_dot_api_dot_teacher__pb2.UnloadAdapterRequest.SerializeToString,
+            teacher_dot_api_dot_teacher__pb2.UnloadAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,

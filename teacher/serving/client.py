@@ -30,6 +30,7 @@ from teacher.distill.modes import DistillOptions
 from teacher.serving import convert
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.service import (
+    AdapterInfo,
     ModelLoad,
     SampleChunk,
     SampleResult,
@@ -105,10 +106,11 @@ class TeacherClient:
     def _call_metadata(self, request_id: str | None) -> tuple[tuple[str, str], ...]:
         return (*self._metadata, ("x-request-id", request_id or uuid.uuid4().hex))
 
-    def _attempts(self) -> Iterator[tuple[int, Any]]:
-        """(attempt, stub) for each try of one call, round-robin over the replicas."""
+    def _attempts(self, stub: Any = None) -> Iterator[tuple[int, Any]]:
+        """(attempt, stub) for each try of one call, round-robin over the replicas
+        (or all on ``stub``: a call that changes one replica's state)."""
         for attempt in range(self.retries + 1):
-            yield attempt, self._stubs[next(self._next) % len(self._stubs)]
+            yield attempt, stub or self._stubs[next(self._next) % len(self._stubs)]
 
     async def _retry_or_raise(self, err: grpc.aio.AioRpcError, attempt: int) -> None:
         """The one retry policy: re-raise what a retry cannot fix; else back off
@@ -133,13 +135,14 @@ class TeacherClient:
         timeout_s: float | None,
         *,
         stream: bool = False,
+        replica: Any = None,
     ) -> AsyncIterator[Any]:
         """The replies of one call (one for a unary method, the messages of a stream),
         tried against the replicas under the one retry policy. A stream is retried only
         until its first message: retrying later would repeat output already given."""
         metadata = self._call_metadata(request_id)
         last: grpc.aio.AioRpcError | None = None
-        for attempt, stub in self._attempts():
+        for attempt, stub in self._attempts(replica):
             call = getattr(stub, method)(
                 request, timeout=timeout_s or self.timeout_s, metadata=metadata
             )
@@ -167,8 +170,9 @@ class TeacherClient:
         request: Any,
         request_id: str | None = None,
         timeout_s: float | None = None,
+        stub: Any = None,
     ) -> Any:
-        replies = self._calls(method, request, request_id, timeout_s)
+        replies = self._calls(method, request, request_id, timeout_s, replica=stub)
         try:
             return await anext(replies)
         finally:
@@ -287,6 +291,43 @@ class TeacherClient:
     async def list_models(self) -> list[ServedModelInfo]:
         response = await self._unary("ListModels", pb.ListModelsRequest())
         return [convert.model_info_from_pb(m) for m in response.models]
+
+    async def load_adapter(
+        self,
+        base_model: str,
+        name: str,
+        path: str,
+        replace: bool = False,
+        *,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> AdapterInfo:
+        """Serve the peft LoRA adapter at ``path`` (a directory on the server) on
+        ``base_model`` as ``name``: afterwards requests with ``model=name`` run under it.
+        Loaded on every replica (each under the retry policy; a retry is safe: loading
+        the same content again is a no-op). ``replace`` swaps the weights of an adapter
+        of that name (requests already running finish under the old ones);
+        ``AdapterInfo.replaced`` says whether it did."""
+        request = pb.LoadAdapterRequest(base_model=base_model, name=name, path=path,
+                                        replace=replace)
+        responses = await asyncio.gather(*(
+            self._unary("LoadAdapter", request, request_id, timeout_s, stub=stub)
+            for stub in self._stubs
+        ))
+        first = responses[0]
+        return convert.adapter_from_pb(first.adapter, replaced=first.replaced)
+
+    async def unload_adapter(
+        self, name: str, *, request_id: str | None = None, timeout_s: float | None = None
+    ) -> AdapterInfo:
+        """Stop serving adapter ``name`` on every replica (NOT_FOUND where it is not
+        loaded); requests already running under it finish."""
+        request = pb.UnloadAdapterRequest(name=name)
+        responses = await asyncio.gather(*(
+            self._unary("UnloadAdapter", request, request_id, timeout_s, stub=stub)
+            for stub in self._stubs
+        ))
+        return convert.adapter_from_pb(responses[0].adapter)
 
     async def get_load(self, model: str = "") -> list[ModelLoad]:
         response = await self._unary("GetLoad", pb.GetLoadRequest(model=model))

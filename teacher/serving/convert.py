@@ -21,6 +21,7 @@ from teacher.serving.engine import ModelInfo
 from teacher.serving.errors import InvalidArgument
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.service import (
+    AdapterInfo,
     LogprobEntry,
     ModelLoad,
     Provenance,
@@ -177,6 +178,10 @@ def model_info_to_pb(info: ModelInfo, is_default: bool) -> pb.ModelInfo:
     return _to_shared(info, pb.ModelInfo, is_default=is_default)
 
 
+def adapter_to_pb(adapter: AdapterInfo) -> pb.Adapter:
+    return _to_shared(adapter, pb.Adapter)
+
+
 # ---------------------------------------------------------------- client side
 
 
@@ -235,6 +240,10 @@ def tokenize_from_pb(r: pb.TokenizeResponse) -> TokenizeResult:
 
 def model_info_from_pb(m: pb.ModelInfo) -> ServedModelInfo:
     return _from_shared(m, ServedModelInfo)
+
+
+def adapter_from_pb(m: pb.Adapter, replaced: bool = False) -> AdapterInfo:
+    return _from_shared(m, AdapterInfo, replaced=replaced)
 
 
 def model_load_from_pb(m: pb.ModelLoad) -> ModelLoad:

@@ -31,6 +31,7 @@ class EngineRequest:
     request_id: str
     prompt_ids: Sequence[int]
     sampling: SamplingParams  # one sample's settings: see SamplingParams.for_sample
+    adapter: str = ""  # the EngineAdapter.key to generate under; "" = the base model
 
     def __post_init__(self) -> None:
         s = self.sampling
@@ -79,6 +80,17 @@ class EngineLoad:
 
 
 @dataclass(frozen=True)
+class EngineAdapter:
+    """A LoRA adapter as an engine loads it: ``key`` is the engine's name for this
+    version of its weights (unique per load; letters and digits only), ``path`` a
+    checked adapter directory (``teacher.serving.adapters.read_adapter``)."""
+
+    key: str
+    path: str
+    rank: int
+
+
+@dataclass(frozen=True)
 class ScoreInput:
     prompt_ids: Sequence[int]
     completion_ids: Sequence[int]
@@ -115,6 +127,11 @@ class EngineSettings:
     seed: int = 0
     max_batch_size: int | None = None
     options: dict = field(default_factory=dict)
+    # Runtime LoRA adapters per model (LoadAdapter): at most this many loaded at once
+    # (0 = none; vLLM then runs without its LoRA layers), each of rank <= max_lora_rank
+    # (vLLM allows 1, 8, 16, 32, 64, 128, 256, 320, 512).
+    max_adapters: int = 0
+    max_lora_rank: int = 16
 
     def resolved(self) -> EngineSettings:
         """The engine named, and ``max_batch_size`` moved into ``options`` under the
@@ -131,6 +148,7 @@ class Engine(Protocol):
     """What the service calls. All methods are safe to call from the event loop."""
 
     tokenizer: PromptTokenizer
+    config: EngineSettings  # as constructed (max_adapters, max_lora_rank: adapter bounds)
 
     async def start(self) -> None:
         """Load the model; afterwards ``info()`` is valid and requests are served."""
@@ -142,12 +160,20 @@ class Engine(Protocol):
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         """Stream new tokens. Breaking out of the iterator aborts the request."""
 
-    async def score(self, items: Sequence[ScoreInput], top_k: int = 0) -> list[ScoreOutput]:
-        """Logprob of every completion token given the prompt and earlier tokens; with
-        ``top_k`` > 0 also the ``top_k`` most likely tokens at each of those positions,
-        sorted, and the log of the mass outside them (the service has checked ``top_k``
-        against its limit; an engine that cannot give that many raises InvalidArgument
-        naming ``top_k``)."""
+    async def score(
+        self, items: Sequence[ScoreInput], top_k: int = 0, adapter: str = ""
+    ) -> list[ScoreOutput]:
+        """Logprob of every completion token given the prompt and earlier tokens (under
+        the loaded adapter ``adapter`` when given); with ``top_k`` > 0 also the ``top_k``
+        most likely tokens at each of those positions, sorted, and the log of the mass
+        outside them (the service has checked ``top_k`` against its limit; an engine
+        that cannot give that many raises InvalidArgument naming ``top_k``)."""
+
+    async def load_adapter(self, adapter: EngineAdapter) -> None:
+        """Make ``adapter.key`` usable in requests; a bad adapter is InvalidArgument."""
+
+    async def unload_adapter(self, key: str) -> None:
+        """Free an adapter no request uses any more (the service makes sure of that)."""
 
     async def abort(self, request_id: str) -> None:
         """Stop a running request and free its slot; unknown ids are ignored."""

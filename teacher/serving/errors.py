@@ -23,6 +23,14 @@ class EngineUnavailable(TeacherError):
     """The engine failed or is shutting down; the model is not serving."""
 
 
+class NotFound(TeacherError):
+    """The request names an adapter that is not loaded (any more)."""
+
+
+class AlreadyExists(TeacherError):
+    """A load would take a name already in use (a served model, or another adapter)."""
+
+
 ECHO_CHARS = 64  # of a caller's value quoted back in an error message
 
 

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import random
@@ -19,11 +20,26 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from teacher.core.topk import TopK
-from teacher.serving.engine import Engine, EngineRequest, ModelInfo, ScoreInput
-from teacher.serving.errors import EngineUnavailable, InvalidArgument, ResourceExhausted, clip
+from teacher.serving.adapters import AdapterSpec, check_name, read_adapter
+from teacher.serving.engine import (
+    Engine,
+    EngineAdapter,
+    EngineRequest,
+    ModelInfo,
+    ScoreInput,
+    ScoreOutput,
+)
+from teacher.serving.errors import (
+    AlreadyExists,
+    EngineUnavailable,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    clip,
+)
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.tokenization import (
     PromptInput,
@@ -141,9 +157,25 @@ class TokenizeResult:
 @dataclass(frozen=True)
 class ServedModelInfo(ModelInfo):
     """A served model as listed to clients: its engine's description, and whether
-    requests naming no model go to it."""
+    requests naming no model go to it. A loaded adapter is listed under its own name
+    with its base model, its LoRA rank, its directory as ``source`` and its content
+    hash as ``revision`` (the rest is its base's)."""
 
     is_default: bool = False
+    base_model: str = ""  # adapters only
+    adapter_rank: int = 0  # adapters only
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """A loaded LoRA adapter, as LoadAdapter / UnloadAdapter report it."""
+
+    name: str
+    base_model: str
+    rank: int
+    path: str
+    revision: str  # content hash of its files
+    replaced: bool = False  # load only: an adapter of this name had other weights, now swapped
 
 
 @dataclass(frozen=True)
@@ -219,6 +251,91 @@ class ModelHost:
             self.admitted_tokens -= tokens
 
 
+class _AdapterEngine:
+    """A base model's engine seen through one loaded version of an adapter: requests
+    carry that version's key; everything else is the base engine itself."""
+
+    def __init__(self, base: Engine, key: str):
+        self._base = base
+        self.key = key
+
+    def __getattr__(self, name: str):
+        return getattr(self._base, name)
+
+    def generate(self, request: EngineRequest):
+        return self._base.generate(replace(request, adapter=self.key))
+
+    async def score(self, items: Sequence[ScoreInput], **options) -> list[ScoreOutput]:
+        return await self._base.score(items, adapter=self.key, **options)
+
+
+class AdapterHost(ModelHost):
+    """A loaded adapter under its own name: requests run on its base model's engine
+    under this version of its weights (``key``), share the base's admission counters,
+    tokenizer thread and health, and keep their own score cache (scores depend on the
+    weights). A replaced or unloaded version is *retired*: requests already admitted
+    finish under it, then its weights are freed (*released*); a request that looked it
+    up but was not admitted before that gets UNAVAILABLE (the client retries, and finds
+    the new version or NOT_FOUND)."""
+
+    def __init__(
+        self, base: ModelHost, spec: AdapterSpec, key: str,
+        on_idle: Callable[[AdapterHost], None],
+    ):
+        self.name = spec.name
+        self.base = base
+        self.spec = spec
+        self.key = key
+        self.engine = _AdapterEngine(base.engine, key)  # type: ignore[assignment]
+        self.score_cache = collections.OrderedDict()
+        self.tokenize_executor = base.tokenize_executor
+        self.served = 0
+        self.in_flight = 0  # admitted requests under this version
+        self.retired = False
+        self.released = False
+        self._on_idle = on_idle
+        shared = {f.name: getattr(base.info, f.name) for f in fields(ModelInfo)}
+        shared.update(name=spec.name, source=spec.path, revision=spec.revision)
+        self._info = ServedModelInfo(**shared, base_model=base.name, adapter_rank=spec.rank)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def healthy(self) -> bool:  # type: ignore[override]
+        return self.base.healthy and not self.released
+
+    @property
+    def max_queue(self) -> int:  # type: ignore[override]
+        return self.base.max_queue
+
+    @property
+    def admitted(self) -> int:  # type: ignore[override]
+        return self.base.admitted
+
+    def describe(self, replaced: bool = False) -> AdapterInfo:
+        s = self.spec
+        return AdapterInfo(s.name, self.base.name, s.rank, s.path, s.revision, replaced)
+
+    @contextlib.contextmanager
+    def admit(self, sequences: int = 1, tokens: int = 0):
+        if self.released:
+            raise EngineUnavailable(
+                f"adapter {self.name!r} was replaced or unloaded while this request was "
+                "being prepared; retry"
+            )
+        with self.base.admit(sequences, tokens):
+            self.served += 1
+            self.in_flight += 1
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
+                if self.retired and self.in_flight == 0:
+                    self._on_idle(self)
+
+
 class TeacherService:
     def __init__(self, hosts: Sequence[ModelHost], limits: Limits | None = None):
         if not hosts:
@@ -229,6 +346,14 @@ class TeacherService:
         self.draining = False
         self.failed: list[str] = []  # models whose engine failed (they stay NOT_SERVING)
         self._health_listeners: list[Callable[[], None]] = []
+        # Loaded adapters by name; versions retired but still finishing requests; names
+        # unloaded (requests naming them get NOT_FOUND rather than "unknown model").
+        self.adapters: dict[str, AdapterHost] = {}
+        self._retired: set[AdapterHost] = set()
+        self._unloaded: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._adapter_keys = itertools.count(1)
+        self._adapter_lock = asyncio.Lock()  # one load / unload at a time
+        self._releases: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -281,10 +406,14 @@ class TeacherService:
 
     def host(self, model: str) -> ModelHost:
         name = model or self.default
-        host = self.hosts.get(name)
+        host = self.hosts.get(name) or self.adapters.get(name)
         if host is None:
+            if name in self._unloaded:
+                raise NotFound(f"model: adapter {name!r} is not loaded (it was unloaded)")
             raise InvalidArgument(
-                "model", f"unknown model {clip(name)!r}; serving {sorted(self.hosts)}"
+                "model",
+                f"unknown model {clip(name)!r}; serving {sorted(self.hosts)}"
+                + (f" and adapters {sorted(self.adapters)}" if self.adapters else ""),
             )
         if not host.healthy:
             raise EngineUnavailable(f"model {name!r} is not serving")
@@ -299,13 +428,16 @@ class TeacherService:
         )
 
     def list_models(self) -> list[tuple[ModelInfo, bool]]:
-        return [(h.info, name == self.default) for name, h in self.hosts.items() if h.healthy]
+        listed = [(h.info, name == self.default) for name, h in self.hosts.items() if h.healthy]
+        return listed + [(a.info, False) for a in self.adapters.values() if a.healthy]
 
     def load(self, model: str = "") -> list[tuple[str, int, int, int]]:
         names = [model or self.default] if model else list(self.hosts)
         out = []
         for name in names:
             host = self.hosts.get(name)
+            if name in self.adapters:  # an adapter shares its base's engine and admission
+                host = self.adapters[name].base
             if host is None:
                 raise InvalidArgument(
                     "model", f"unknown model {clip(name)!r}; serving {sorted(self.hosts)}"
@@ -737,6 +869,121 @@ class TeacherService:
                 f"{size / 2**20:.1f} MiB, over the {bound / 2**20:.0f} MiB bound; split the "
                 "request or lower top_k"
             )
+
+    # ------------------------------------------------------------ adapters
+
+    async def load_adapter(
+        self, base_model: str, name: str, path: str, replace: bool = False
+    ) -> AdapterInfo:
+        """Serve the LoRA adapter at ``path`` on ``base_model`` as ``name``.
+
+        The same content under the same name again is a no-op (a retried load is safe);
+        other content under a loaded name is AlreadyExists unless ``replace``, which
+        swaps the weights: requests already admitted finish under the old ones.
+        """
+        check_name(name)
+        if name in self.hosts:
+            raise AlreadyExists(f"name: {name!r} is a served model; choose another name")
+        base_name = base_model or self.default
+        base = self.hosts.get(base_name)
+        if base is None:
+            if base_name in self.adapters:
+                raise InvalidArgument(
+                    "base_model", f"{base_name!r} is an adapter; name the served model it is "
+                    f"of ({self.adapters[base_name].base.name!r})")
+            raise InvalidArgument(
+                "base_model", f"unknown model {clip(base_name)!r}; serving {sorted(self.hosts)}"
+            )
+        base = self.host(base_name)  # serving?
+        settings = getattr(base.engine, "config", None)
+        max_adapters = settings.max_adapters if settings is not None else 0
+        if max_adapters <= 0:
+            raise InvalidArgument(
+                "base_model", f"model {base_name!r} serves no adapters (max_adapters=0)"
+            )
+        spec = await asyncio.to_thread(
+            read_adapter, path, name=name, base_model=base_name,
+            base_dir=base.info.source, max_rank=settings.max_lora_rank,
+        )
+        async with self._adapter_lock:
+            current = self.adapters.get(name)
+            on_base = [a for a in self.adapters.values() if a.base is base]
+            if current is not None:
+                if current.base is not base:
+                    raise InvalidArgument(
+                        "base_model", f"adapter {name!r} is loaded on {current.base.name!r}; "
+                        f"unload it before loading it on {base_name!r}")
+                if current.spec.revision == spec.revision:
+                    return current.describe()
+                if not replace:
+                    raise AlreadyExists(
+                        f"name: adapter {name!r} is loaded with other weights (revision "
+                        f"{current.spec.revision}); pass replace=true to swap them")
+            elif len(on_base) >= max_adapters:
+                raise ResourceExhausted(
+                    f"model {base_name!r} has {len(on_base)} adapters loaded (max_adapters="
+                    f"{max_adapters}); unload one first")
+            # A retired version holds engine memory until its requests finish: at most
+            # max_adapters of them per base, beyond that a load waits (retry later).
+            retired = sum(1 for a in self._retired if a.base is base)
+            if retired >= max_adapters:
+                raise ResourceExhausted(
+                    f"model {base_name!r} still runs requests under {retired} replaced "
+                    "adapter versions; retry when they finish")
+            key = f"a{next(self._adapter_keys)}"
+            await base.engine.load_adapter(EngineAdapter(key, spec.path, spec.rank))
+            host = AdapterHost(base, spec, key, on_idle=self._release_soon)
+            self.adapters[name] = host
+            self._unloaded.pop(name, None)
+            if current is not None:
+                await self._retire(current)
+            log.info("adapter %r (rank %d, %s) loaded on %r as %s%s", name, spec.rank,
+                     spec.path, base_name, key, " (replaced)" if current else "")
+            return host.describe(replaced=current is not None)
+
+    async def unload_adapter(self, name: str) -> AdapterInfo:
+        """Stop serving adapter ``name``: later requests naming it get NotFound; those
+        already admitted finish, then its weights are freed."""
+        async with self._adapter_lock:
+            host = self.adapters.pop(name, None)
+            if host is None:
+                if name in self.hosts:
+                    raise InvalidArgument("name", f"{name!r} is a served model, not an adapter")
+                raise NotFound(
+                    f"name: no adapter {clip(name)!r} is loaded; loaded: {sorted(self.adapters)}"
+                )
+            self._unloaded[name] = None
+            while len(self._unloaded) > 1024:
+                self._unloaded.popitem(last=False)
+            await self._retire(host)
+            log.info("adapter %r unloaded", name)
+            return host.describe()
+
+    async def _retire(self, host: AdapterHost) -> None:
+        """No new requests under this version; free it now if idle, else when idle."""
+        host.retired = True
+        if host.in_flight == 0:
+            host.released = True
+            await self._release(host)
+        else:
+            self._retired.add(host)
+
+    def _release_soon(self, host: AdapterHost) -> None:
+        """A retired version's last request finished (called on the event loop)."""
+        if host.released:
+            return
+        host.released = True
+        task = asyncio.get_running_loop().create_task(self._release(host))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, host: AdapterHost) -> None:
+        try:
+            await host.base.engine.unload_adapter(host.key)
+        except Exception:  # the engine keeps serving; the version's memory may linger
+            log.exception("freeing adapter %r (%s) failed", host.name, host.key)
+        finally:
+            self._retired.discard(host)
 
     # ------------------------------------------------------------ text and token access
 

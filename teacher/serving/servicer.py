@@ -16,8 +16,10 @@ from teacher.api import teacher_pb2_grpc as pb_grpc
 from teacher.distill.modes import distill_example
 from teacher.serving import convert
 from teacher.serving.errors import (
+    AlreadyExists,
     EngineUnavailable,
     InvalidArgument,
+    NotFound,
     ResourceExhausted,
     TeacherError,
     clip,
@@ -36,6 +38,8 @@ STATUS_FOR = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineUnavailable: grpc.StatusCode.UNAVAILABLE,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
 }
 
 
@@ -155,3 +159,17 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             example, options = convert.distill_request_from_pb(request)
             record = await distill_example(self.service, example, options, request_id)
             return pb.DistillResponse(record=convert.record_to_pb(record))
+
+    async def LoadAdapter(self, request: pb.LoadAdapterRequest, context):
+        async with rpc_scope(context, "LoadAdapter"):
+            adapter = await self.service.load_adapter(
+                request.base_model, request.name, request.path, request.replace
+            )
+            return pb.LoadAdapterResponse(
+                adapter=convert.adapter_to_pb(adapter), replaced=adapter.replaced
+            )
+
+    async def UnloadAdapter(self, request: pb.UnloadAdapterRequest, context):
+        async with rpc_scope(context, "UnloadAdapter"):
+            adapter = await self.service.unload_adapter(request.name)
+            return pb.UnloadAdapterResponse(adapter=convert.adapter_to_pb(adapter))

@@ -20,6 +20,14 @@ under a block-diagonal mask, no padding computed), ``prepack_lm_head`` (default
 on for float32 on CPU: the output projection's weight is pre-packed for oneDNN,
 which halves the largest matmul of a batched decoding step; costs one copy of
 that weight).
+
+LoRA adapters (``load_adapter``) are peft adapters of the served model: the first
+one wraps it in a ``PeftModel`` (the last one unloaded unwraps it, so a model with
+no adapters runs as before), and each forward names every row's adapter with
+peft's mixed-batch ``adapter_names`` ("__base__" for the base), so requests under
+different adapters and the base share batches. Prompts are packed together only
+when they share one adapter (the packed sequence is one batch row). Loading and
+unloading run on the worker thread between decoding steps, never during a forward.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +47,7 @@ import torch
 
 from teacher.core.topk import TopK
 from teacher.serving.engine import (
+    EngineAdapter,
     EngineLoad,
     EngineOutput,
     EngineRequest,
@@ -47,7 +57,7 @@ from teacher.serving.engine import (
     ScoreOutput,
     TokenStep,
 )
-from teacher.serving.errors import EngineUnavailable
+from teacher.serving.errors import EngineUnavailable, InvalidArgument
 from teacher.serving.sampling import SamplingParams
 from teacher.serving.supervision import FailureCallback, Fatal, Supervisor
 from teacher.serving.tokenization import PromptTokenizer
@@ -76,6 +86,28 @@ class _ScoreJob:
     future: asyncio.Future
     top_k: int = 0
     results: list[ScoreOutput] = field(default_factory=list)
+    adapter: str = ""
+
+
+@dataclass(eq=False)
+class _AdapterJob:
+    """Load ``adapter`` (or, with ``unload``, free it) on the worker thread."""
+
+    adapter: EngineAdapter
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    unload: bool = False
+
+    def done(self, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if self.future.done():
+                return
+            if error is None:
+                self.future.set_result(None)
+            else:
+                self.future.set_exception(error)
+
+        self.loop.call_soon_threadsafe(settle)
 
 
 @dataclass(eq=False)
@@ -239,6 +271,9 @@ class HFEngine:
         self._wakeup = asyncio.Event()
         self._running: dict[str, _Sequence] = {}
         self._scoring = 0  # items of the score job on the worker now
+        self._adapter_jobs: deque[_AdapterJob] = deque()  # under the lock, like _pending
+        self._adapters: set[str] = set()  # keys loaded (event-loop side)
+        self._peft = None  # the PeftModel wrapping self.model while adapters are loaded
         self._supervisor = Supervisor("transformers engine")
         self._started = False
         self.model = None
@@ -327,6 +362,7 @@ class HFEngine:
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         self._check_alive()
+        self._check_adapter(request.adapter)
         seq = _Sequence(request, asyncio.Queue(), asyncio.get_running_loop())
         self._running[request.request_id] = seq
         with self._lock:
@@ -350,9 +386,13 @@ class HFEngine:
                 if seq in self._pending:
                     self._pending.remove(seq)
 
-    async def score(self, items: Sequence[ScoreInput], top_k: int = 0) -> list[ScoreOutput]:
+    async def score(
+        self, items: Sequence[ScoreInput], top_k: int = 0, adapter: str = ""
+    ) -> list[ScoreOutput]:
         self._check_alive()
-        job = _ScoreJob(items, asyncio.get_running_loop().create_future(), top_k)
+        self._check_adapter(adapter)
+        job = _ScoreJob(items, asyncio.get_running_loop().create_future(), top_k,
+                        adapter=adapter)
         with self._lock:
             self._pending.append(job)
         self._wakeup.set()
@@ -364,6 +404,27 @@ class HFEngine:
             seq.aborted = True
             if not seq.started:
                 seq.outputs.put_nowait(EngineOutput((), "abort"))
+
+    async def load_adapter(self, adapter: EngineAdapter) -> None:
+        await self._adapter_job(adapter, unload=False)
+        self._adapters.add(adapter.key)
+
+    async def unload_adapter(self, key: str) -> None:
+        self._adapters.discard(key)
+        await self._adapter_job(EngineAdapter(key, "", 0), unload=True)
+
+    async def _adapter_job(self, adapter: EngineAdapter, unload: bool) -> None:
+        self._check_alive()
+        loop = asyncio.get_running_loop()
+        job = _AdapterJob(adapter, loop.create_future(), loop, unload)
+        with self._lock:
+            self._adapter_jobs.append(job)
+        self._wakeup.set()
+        await job.future
+
+    def _check_adapter(self, key: str) -> None:
+        if key and key not in self._adapters:
+            raise EngineUnavailable(f"adapter {key!r} is not loaded in this engine")
 
     def _check_alive(self) -> None:
         failure = self._supervisor.failure
@@ -378,9 +439,15 @@ class HFEngine:
         """The one loop feeding the worker (run by the supervisor, restarted if it dies)."""
         loop = asyncio.get_running_loop()
         while True:
+            if self._adapter_jobs:  # idle worker: load / unload now
+                await loop.run_in_executor(self._executor, self._run_adapter_jobs)
             if not self._pending:
                 self._wakeup.clear()
+                if self._adapter_jobs:
+                    continue
                 await self._wakeup.wait()
+                if self._adapter_jobs:
+                    continue
                 # Give requests arriving together a moment to join the batch.
                 await asyncio.sleep(self.batch_wait_s)
             # What was waiting may have left meanwhile (cancelled, timed out): look at
@@ -397,7 +464,8 @@ class HFEngine:
                         continue
                     try:
                         job.results = await loop.run_in_executor(
-                            self._executor, self._score_items, job.items, job.top_k
+                            self._executor, self._score_items, job.items, job.top_k,
+                            job.adapter
                         )
                     finally:
                         self._scoring = 0
@@ -435,6 +503,11 @@ class HFEngine:
         with self._lock:
             pending = list(self._pending)
             self._pending.clear()
+        with self._lock:
+            jobs = list(self._adapter_jobs)
+            self._adapter_jobs.clear()
+        for job in jobs:
+            job.done(EngineUnavailable(f"engine failed: {exc}"))
         for item in pending + list(self._running.values()):
             if isinstance(item, _ScoreJob):
                 if not item.future.done():
@@ -443,6 +516,66 @@ class HFEngine:
                 item.outputs.put_nowait(exc)
 
     # ------------------------------------------------------------ model work (worker thread)
+
+    @torch.inference_mode()  # as decoding runs them: peft may touch tensors made there
+    def _run_adapter_jobs(self) -> None:
+        """Load / unload the adapters asked for (between forwards: the worker is the only
+        user of the model). A bad adapter fails its job only."""
+        with self._lock:
+            jobs = list(self._adapter_jobs)
+            self._adapter_jobs.clear()
+        for job in jobs:
+            try:
+                if job.unload:
+                    self._free_adapter(job.adapter.key)
+                else:
+                    self._add_adapter(job.adapter)
+            except Exception as exc:
+                what = "freeing" if job.unload else f"loading ({job.adapter.path})"
+                log.warning("adapter %s: %s failed: %s", job.adapter.key, what, exc)
+                if not job.unload and not isinstance(exc, InvalidArgument):
+                    exc = InvalidArgument("path", f"peft could not load the adapter: {exc}")
+                job.done(exc)
+            else:
+                job.done()
+
+    def _add_adapter(self, adapter: EngineAdapter) -> None:
+        from peft import PeftModel
+
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(
+                self.model, adapter.path, adapter_name=adapter.key, is_trainable=False,
+                torch_device=self.device,
+            )
+            self.model = self._peft.eval()
+            return
+        try:
+            self._peft.load_adapter(
+                adapter.path, adapter_name=adapter.key, is_trainable=False,
+                torch_device=self.device,
+            )
+        except Exception:
+            if adapter.key in self._peft.peft_config:  # half loaded: take it out again
+                self._peft.delete_adapter(adapter.key)
+            raise
+
+    def _free_adapter(self, key: str) -> None:
+        peft = self._peft
+        if peft is None or key not in peft.peft_config:
+            return
+        if len(peft.peft_config) == 1:  # the last one: back to the plain model
+            self.model = peft.unload()
+            self._peft = None
+        else:
+            with warnings.catch_warnings():  # "was active, now deleted": rows name theirs
+                warnings.filterwarnings("ignore", message=".*was active which is now deleted")
+                peft.delete_adapter(key)
+
+    def _adapter_args(self, keys: Sequence[str]) -> dict:
+        """The forward's ``adapter_names`` (one per batch row) while adapters are loaded."""
+        if self._peft is None:
+            return {}
+        return {"adapter_names": [k or "__base__" for k in keys]}
 
     @torch.inference_mode()
     def _decode_batch(self, batch: list[_Sequence]) -> None:
@@ -477,9 +610,12 @@ class HFEngine:
                 past_key_values=running.cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **self._adapter_args([r.seq.request.adapter for r in running.rows]),
             )
             running.mask, running.last_pos = mask, positions[:, 0]
             running.keep(self._sample_rows(running.rows, out.logits[:, -1, :].float()))
+            if self._adapter_jobs:  # between steps: the running rows' adapters stay loaded
+                self._run_adapter_jobs()
             if self.continuous and running.can_merge:
                 joining = self._admit(len(running.rows), running.tokens())
 
@@ -492,7 +628,9 @@ class HFEngine:
             g.manual_seed(s.request.sampling.seed)
             rows.append(_Row(s, g))
         prompts = [list(s.request.prompt_ids) for s in seqs]
-        if self.packed_prefill and len(seqs) > 1:
+        adapters = [s.request.adapter for s in seqs]
+        # A packed sequence is one batch row, so one adapter for all its prompts.
+        if self.packed_prefill and len(seqs) > 1 and len(set(adapters)) == 1:
             running, logits = self._prefill_packed(rows, prompts)
         else:
             input_ids, attention = self._left_pad(prompts)
@@ -503,6 +641,7 @@ class HFEngine:
                 position_ids=positions,
                 use_cache=True,
                 logits_to_keep=1,
+                **self._adapter_args(adapters),
             )
             running = _Running(rows, out.past_key_values, attention, positions[:, -1])
             logits = out.logits[:, -1, :]
@@ -538,6 +677,7 @@ class HFEngine:
             position_ids=positions.unsqueeze(0).to(self.device),
             use_cache=True,
             logits_to_keep=(ends - 1).to(self.device),  # each prompt's last position
+            **self._adapter_args([rows[0].seq.request.adapter]),
         )
         # Where each row's cache column comes from in the packed sequence: the shared
         # prefix, then the row's own suffix, right-aligned; left padding reads
@@ -615,7 +755,9 @@ class HFEngine:
         return token, TokenStep(token, lp, top)
 
     @torch.inference_mode()
-    def _score_items(self, items: Sequence[ScoreInput], top_k: int = 0) -> list[ScoreOutput]:
+    def _score_items(
+        self, items: Sequence[ScoreInput], top_k: int = 0, adapter: str = ""
+    ) -> list[ScoreOutput]:
         results: list[ScoreOutput] = []
         # Chunks bounded by completion tokens: logits are kept for those positions only.
         for chunk in _chunks_by_budget(items, self.max_score_tokens):
@@ -630,6 +772,7 @@ class HFEngine:
                 attention_mask=attention,
                 position_ids=positions,
                 logits_to_keep=longest + 1,
+                **self._adapter_args([adapter] * len(chunk)),
             )
             logits = out.logits[:, :-1, :].float()
             for row, it in enumerate(chunk):

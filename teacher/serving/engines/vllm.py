@@ -20,6 +20,13 @@ Facts about vLLM 0.32 this module relies on (checked against its source):
   task cancelled; ``VLLMEngine.generate`` also aborts explicitly.
 * vLLM appends a random suffix to each request id internally; aborting by the
   id we passed (the "external" id) still reaches the request.
+* Runtime LoRA: with ``enable_lora`` (on when ``EngineSettings.max_adapters`` > 0),
+  ``add_lora(LoRARequest(name, int_id, path))`` loads an adapter into the engine
+  core's CPU cache (a bad one fails that call only), a request passing the same
+  ``LoRARequest`` runs under it, ``remove_lora(int_id)`` frees it. ``max_loras`` is
+  how many distinct adapters one batch may hold (more wait); ``max_cpu_loras`` how
+  many stay loaded: twice ``max_adapters`` here, room for a replaced version per
+  adapter while its requests finish (the service bounds both).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import numpy as np
 
 from teacher.core.topk import TopK
 from teacher.serving.engine import (
+    EngineAdapter,
     EngineLoad,
     EngineOutput,
     EngineRequest,
@@ -68,6 +76,8 @@ _CPU_ENV_DEFAULTS = {
 _FINISH: dict[str, FinishReason] = {
     "stop": "eos", "length": "length", "abort": "abort", "error": "error",
 }
+
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM 0.32 accepts as max_lora_rank
 
 
 @dataclass
@@ -106,6 +116,8 @@ class VLLMEngine:
         # cannot confuse the count.
         self._inflight: dict[int, _Flight] = {}
         self._keys = itertools.count()
+        self._loras: dict[str, Any] = {}  # EngineAdapter.key -> its vllm LoRARequest
+        self._lora_ids = itertools.count(1)
         # vLLM's output handler is the one background task: if it ends (the engine
         # core died, or a bug in it) every stream stalls or fails, so its end is
         # this engine's failure (logged with traceback, NOT_SERVING, exit).
@@ -157,7 +169,11 @@ class VLLMEngine:
             # always holds the longest one.
             args["enable_chunked_prefill"] = False
             args["max_num_batched_tokens"] = max(cfg.max_model_len, 8192)
-        args.update(cfg.options)  # e.g. enable_lora, max_lora_rank, gpu_memory_utilization
+        if cfg.max_adapters > 0:
+            rank = next((r for r in _LORA_RANKS if r >= cfg.max_lora_rank), cfg.max_lora_rank)
+            args.update(enable_lora=True, max_loras=cfg.max_adapters, max_lora_rank=rank,
+                        max_cpu_loras=2 * cfg.max_adapters)
+        args.update(cfg.options)  # e.g. gpu_memory_utilization
 
         try:
             engine_args = AsyncEngineArgs(**args)
@@ -304,7 +320,8 @@ class VLLMEngine:
         try:
             try:
                 prompt = _engine_input(llm, request.prompt_ids)
-                stream = llm.generate(prompt, params, request.request_id)
+                stream = llm.generate(prompt, params, request.request_id,
+                                      lora_request=self._lora(request.adapter))
                 async for out in stream:
                     flight.started = True
                     completion = out.outputs[0]
@@ -334,8 +351,11 @@ class VLLMEngine:
             return _FINISH[reason]
         raise EngineUnavailable(f"vLLM ended the request with {reason!r}")
 
-    async def score(self, items: Sequence[ScoreInput], top_k: int = 0) -> list[ScoreOutput]:
+    async def score(
+        self, items: Sequence[ScoreInput], top_k: int = 0, adapter: str = ""
+    ) -> list[ScoreOutput]:
         llm = self._engine()
+        lora = self._lora(adapter)
         max_len = self.info().context_length
         max_logprobs = int(llm.model_config.max_logprobs)
         if max_logprobs >= 0 and top_k > max_logprobs:
@@ -352,9 +372,11 @@ class VLLMEngine:
                     f"items[{i}]", f"prompt + completion must be under {max_len} tokens"
                 )
         # Submitted together so vLLM schedules them in the same batches.
-        return list(await asyncio.gather(*(self._score_one(llm, item, top_k) for item in items)))
+        return list(await asyncio.gather(*(self._score_one(llm, item, top_k, lora)
+                                           for item in items)))
 
-    async def _score_one(self, llm: Any, item: ScoreInput, top_k: int) -> ScoreOutput:
+    async def _score_one(self, llm: Any, item: ScoreInput, top_k: int,
+                         lora: Any = None) -> ScoreOutput:
         from vllm.sampling_params import RequestOutputKind
         from vllm.sampling_params import SamplingParams as VLLMSamplingParams
 
@@ -377,7 +399,8 @@ class VLLMEngine:
         self._inflight[key] = flight = _Flight(request_id)
         final = None
         try:
-            async for out in llm.generate(_engine_input(llm, ids), params, request_id):
+            async for out in llm.generate(_engine_input(llm, ids), params, request_id,
+                                          lora_request=lora):
                 flight.started = True
                 final = out
         except Exception as e:
@@ -403,6 +426,40 @@ class VLLMEngine:
         top = _top_from_flat([(flat.token_ids[at + 1:end], flat.logprobs[at + 1:end])
                               for at, end in rows], top_k)
         return ScoreOutput(logprobs, top)
+
+    # -- adapters ------------------------------------------------------------
+
+    def _lora(self, key: str) -> Any:
+        """The LoRARequest of a loaded adapter; None for the base model."""
+        if not key:
+            return None
+        lora = self._loras.get(key)
+        if lora is None:
+            raise EngineUnavailable(f"adapter {key!r} is not loaded in this engine")
+        return lora
+
+    async def load_adapter(self, adapter: EngineAdapter) -> None:
+        from vllm.lora.request import LoRARequest
+
+        llm = self._engine()
+        if self.config.max_adapters <= 0:
+            raise InvalidArgument("base_model", "this vLLM engine runs without LoRA")
+        lora = LoRARequest(adapter.key, next(self._lora_ids), adapter.path)
+        try:
+            # Eagerly, so a bad adapter fails here, and the weights are read now: a
+            # later rewrite of the directory does not change this version.
+            await llm.add_lora(lora)
+        except Exception as e:
+            if llm.errored:
+                self._raise_translated(e)
+            raise InvalidArgument("path", f"vLLM could not load the adapter: {e}") from e
+        self._loras[adapter.key] = lora
+
+    async def unload_adapter(self, key: str) -> None:
+        lora = self._loras.pop(key, None)
+        llm = self._llm
+        if lora is not None and llm is not None and not llm.errored:
+            await llm.remove_lora(lora.lora_int_id)
 
     async def abort(self, request_id: str) -> None:
         llm = self._llm
