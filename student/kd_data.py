@@ -94,6 +94,8 @@ def load_teacher_topk(data_path: str | Path, ids: Iterable[str], vocab_size: int
                 if not files else f"not in {len(files)} side file(s)")
         raise StudentError(f"kd: no teacher top-k rows for record {missing[0]!r} "
                            f"({len(missing)} of {len(wanted)} records; {hint})")
+    for rid, top in rows.items():
+        _check_rows(rid, where[rid], top, vocab_size)
     ks = {top.k for top in rows.values()}
     if len(ks) > 1:
         rid = next(r for r, top in rows.items() if top.k != min(ks))
@@ -109,8 +111,6 @@ def load_teacher_topk(data_path: str | Path, ids: Iterable[str], vocab_size: int
             f"kd: the teacher {teacher.get('model', '')!r} ({out / JOB_FILE}) has a vocabulary "
             f"of {teacher_vocab} tokens, the student of {vocab_size}; logit distillation "
             "needs one vocabulary (cross-tokenizer KD is not supported)")
-    for rid, top in rows.items():
-        _check_rows(rid, where[rid], top, vocab_size)
     return TeacherTopK(rows, k, files, teacher)
 
 

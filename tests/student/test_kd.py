@@ -202,16 +202,27 @@ def test_weight_zero_equals_the_sft_loss(tiny_model):
 # ---------------------------------------------------------------- side files and a real run
 
 
-def _teacher_model(tiny_model: Path, out: Path) -> Path:
-    """A second random model with the same tokenizer and vocabulary: the "teacher"."""
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+def _student_and_teacher(tiny_model: Path, out: Path) -> tuple[Path, Path]:
+    """A tiny student with sharp logits, and a "teacher" that is the student with a
+    rank-2 change to every value and output projection: a distribution the student's
+    LoRA (r 16 on the attention projections) can reach, so KD has somewhere to go."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(tiny_model)
-    config.hidden_size, config.intermediate_size, config.initializer_range = 32, 64, 0.3
-    torch.manual_seed(7)
-    LlamaForCausalLM(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
-    return out
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(5.0)  # tied: logits of std ~4
+        model.save_pretrained(out / "student")
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.v_proj, layer.self_attn.o_proj):
+                rows, cols = proj.weight.shape
+                proj.weight.add_(torch.randn(rows, 2, generator=g)
+                                 @ torch.randn(2, cols, generator=g) * 0.5)
+        model.save_pretrained(out / "teacher")
+    for name in ("student", "teacher"):
+        tokenizer.save_pretrained(out / name)
+    return out / "student", out / "teacher"
 
 
 def write_teacher_topk(teacher: Path, records_dir: Path, rows: list[dict], k: int) -> Path:
@@ -240,19 +251,19 @@ def write_teacher_topk(teacher: Path, records_dir: Path, rows: list[dict], k: in
 def kd_data(tiny_model, tmp_path):
     rows = [record(i) for i in range(6)]
     recs = write_records(tmp_path / "teacher", rows)
-    teacher = _teacher_model(tiny_model, tmp_path / "teacher-model")
+    student, teacher = _student_and_teacher(tiny_model, tmp_path / "models")
     side = write_teacher_topk(teacher, recs, rows, k=8)
-    return recs, rows, side
+    return recs, rows, side, student
 
 
-def test_short_kd_run_lowers_the_kd_term_and_records_it(tiny_model, kd_data, tmp_path):
+def test_short_kd_run_lowers_the_kd_term_and_records_it(kd_data, tmp_path):
     from student.trainer import train
 
-    recs, _, side = kd_data
+    recs, _, side, student = kd_data
     (recs / "job.json").write_text(json.dumps({"pinned": {}, "settings": {}, "top_k": {
         "k": 8, "model": "tiny-teacher", "vocab_size": 49152}}))
     cfg = load_train_config(None, overrides(
-        tiny_model, recs, "data.val_size=2", "sft.max_steps=8", "sft.learning_rate=0.01",
+        student, recs, "data.val_size=2", "sft.max_steps=8", "sft.learning_rate=0.01",
         "sft.eval_strategy=no", "sft.save_strategy=no", "sft.load_best_model_at_end=false",
         "kd.weight=0.5"))
     run = train(cfg, tmp_path / "run")
@@ -273,16 +284,16 @@ def test_short_kd_run_lowers_the_kd_term_and_records_it(tiny_model, kd_data, tmp
     for p in train_points:
         assert 0.5 * p["ce"] + 0.4 * p["kd_kl"] < p["loss"] <= 0.5 * p["ce"] + 0.5 * p["kd_kl"]
     assert all(x > 0 for x in kl)
-    assert sum(kl[-2:]) / 2 < sum(kl[:2]) / 2 * 0.8, kl  # the student moves to the teacher
+    # measured: 8.25, 8.11 -> 3.82 (the student moves to the teacher)
+    assert sum(kl[-2:]) / 2 < sum(kl[:2]) / 2 * 0.6, kl
     assert min(ce) < ce[0]
 
 
-def test_kd_refuses_a_teacher_of_another_vocabulary_and_misaligned_rows(
-        tiny_model, kd_data, tmp_path):
+def test_kd_refuses_a_teacher_of_another_vocabulary_and_misaligned_rows(kd_data, tmp_path):
     from student.trainer import StudentRun
 
-    recs, rows, side = kd_data
-    base = overrides(tiny_model, recs, "data.val_size=0", "kd.weight=0.5")
+    recs, rows, side, student = kd_data
+    base = overrides(student, recs, "data.val_size=0", "kd.weight=0.5")
 
     def check_error(*extra: str) -> str:
         run = StudentRun(load_train_config(None, [*base, *extra]), tmp_path / "run")
@@ -293,8 +304,8 @@ def test_kd_refuses_a_teacher_of_another_vocabulary_and_misaligned_rows(
 
     good = side.read_bytes()
     # A teacher id past the student's vocabulary of 49,152 (a bigger teacher vocabulary).
-    topk = TopK(np.array([[49152, 3]], np.int32), np.array([[-0.1, -3.0]], np.float32),
-                np.array([-2.5], np.float32))
+    topk = TopK(np.array([[49152, *range(7)]], np.int32), np.full((1, 8), -3.0, np.float32),
+                np.array([-0.2], np.float32))
     with TopKWriter(side) as writer:
         writer.write(rows[0]["id"], topk)  # a later frame of an id wins
     msg = check_error()
