@@ -161,6 +161,9 @@ def test_chunked_equals_unchunked(chunk):
     for x, y in zip(a, b, strict=True):
         assert torch.allclose(x.float(), y.float(), atol=1e-5)
     assert torch.allclose(grad_a, grad_b, atol=1e-5)
+    with torch.no_grad():  # evaluation: no gradient buffers, the same values
+        for x, y in zip(TopKLogProbs.apply(h, weight, targets, ids, chunk), b, strict=True):
+            assert torch.equal(x, y) or torch.allclose(x.float(), y.float(), atol=1e-5)
     # and the unchunked values are the full-vocabulary ones
     logp = torch.log_softmax(h.detach() @ weight.t(), -1)
     assert torch.allclose(b[0], logp.gather(1, targets[:, None])[:, 0], atol=1e-5)
@@ -188,8 +191,11 @@ def test_weight_zero_equals_the_sft_loss(tiny_model):
 
     sft, sft_grads = loss_and_grads(fused_lm_head=True)  # the job's SFT loss (frozen head)
     use_kd_head(base, KDConfig(weight=0.0))
+    head_calls = []  # the head module builds [batch, length, vocab] logits; KD must not call it
+    base.get_output_embeddings().register_forward_hook(lambda *a: head_calls.append(1))
     kd, kd_grads = loss_and_grads(kd_ids=kd_ids, kd_logprobs=kd_lp, kd_tail=kd_tail,
                                   kd_mask=kd_mask)
+    assert head_calls == []
     assert torch.allclose(kd.loss, sft.loss, atol=1e-6)
     assert kd.kl[kd.kd_mask].sum() > 0  # computed, weighted 0
     for a, b in zip(kd_grads, sft_grads, strict=True):
@@ -264,8 +270,8 @@ def test_short_kd_run_lowers_the_kd_term_and_records_it(kd_data, tmp_path):
         "k": 8, "model": "tiny-teacher", "vocab_size": 49152}}))
     cfg = load_train_config(None, overrides(
         student, recs, "data.val_size=2", "sft.max_steps=8", "sft.learning_rate=0.01",
-        "sft.eval_strategy=no", "sft.save_strategy=no", "sft.load_best_model_at_end=false",
-        "kd.weight=0.5"))
+        "sft.eval_strategy=steps", "sft.eval_steps=8", "sft.save_strategy=no",
+        "sft.load_best_model_at_end=false", "kd.weight=0.5"))
     run = train(cfg, tmp_path / "run")
 
     m = manifest_of(run)
@@ -275,7 +281,10 @@ def test_short_kd_run_lowers_the_kd_term_and_records_it(kd_data, tmp_path):
     assert kd["student_vocab_size"] == 49152 and kd["teacher"]["model"] == "tiny-teacher"
     assert kd["teacher_tokens"] == sum(t.num_tokens for t in read_topk(side).values())
     assert m["config"]["kd"] == {"weight": 0.5, "temperature": 1.0, "tail": "bucket"}
-    train_points = json.loads((run / "loss_history.json").read_text())["train"]
+    history = json.loads((run / "loss_history.json").read_text())
+    train_points = history["train"]
+    (val,) = history["eval"]  # validation: the same mixed loss, on the held-out records
+    assert val["kd_kl"] > 0 and 0.5 * val["ce"] + 0.4 * val["kd_kl"] < val["loss"]
     assert len(train_points) == 8
     kl = [p["kd_kl"] for p in train_points]
     ce = [p["ce"] for p in train_points]
