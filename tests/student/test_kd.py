@@ -357,3 +357,55 @@ def test_kd_config_checks():
                                    "kd.temperature=2"])
     assert cfg.kd == KDConfig(weight=0.5, temperature=2.0, tail="renormalize")
     assert load_train_config(None, FAST).kd is None
+
+
+def test_rows_line_up_with_the_response_tokens_and_a_misaligned_template_is_refused(
+        tiny_model):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from student.kd_data import KDCollator, TeacherTopK, attach_topk
+    from teacher.core.rundir import TrainExample
+    from teacher.serving.tokenization import PromptTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    responses = {"a": "We add 2 and 1: 3.", "b": "Four."}
+    examples = [TrainExample(rid, [{"role": "user", "content": "q"}], text)
+                for rid, text in responses.items()]
+    rows, tops = [], {}
+    for n_prompt, (rid, text) in zip((5, 3), responses.items(), strict=True):
+        response = PromptTokenizer(tokenizer).encode_completion(text)
+        end_of_turn = [tokenizer.eos_token_id, 198]  # the template's tokens after the response
+        ids = list(range(100, 100 + n_prompt)) + response + end_of_turn
+        rows.append({"id": rid, "input_ids": ids,
+                     "labels": [-100] * n_prompt + response + end_of_turn})
+        t = len(response)
+        tops[rid] = TopK(np.arange(t * 4, dtype=np.int32).reshape(t, 4) + 1000,
+                         np.log(np.full((t, 4), 0.2, np.float32)) - np.arange(t)[:, None],
+                         np.full(t, np.log(0.2), np.float32))
+    topk = TeacherTopK(tops, 4, [])
+    data = attach_topk(Dataset.from_list(rows), topk, examples, tokenizer)
+    collate = KDCollator(DataCollatorForLanguageModeling(pad_token_id=0), 4)
+    batch = collate([{k: v for k, v in row.items() if k != "id"} for row in data.to_list()])
+    width = batch["input_ids"].shape[1]
+    assert batch["kd_ids"].shape == (2, width - 1, 4)
+    for i, (n_prompt, rid) in enumerate(zip((5, 3), responses, strict=True)):
+        t = tops[rid].num_tokens
+        lo = n_prompt - 1  # shifted position u predicts input token u + 1
+        assert batch["kd_mask"][i].nonzero().squeeze(-1).tolist() == list(range(lo, lo + t))
+        assert torch.equal(batch["kd_ids"][i, lo:lo + t], torch.from_numpy(
+            tops[rid].token_ids).long())
+        assert torch.equal(batch["kd_logprobs"][i, lo:lo + t],
+                           torch.from_numpy(tops[rid].logprobs))
+        # the label each row predicts is the response token it was scored for
+        shifted = batch["labels"][i, 1:]
+        assert shifted[lo:lo + t].tolist() == PromptTokenizer(tokenizer).encode_completion(
+            responses[rid])
+        assert (shifted[lo + t:lo + t + 2] != -100).all()  # end of turn: CE only, no row
+    # A template that tokenizes the response otherwise: refused, naming the record.
+    bad = dict(rows[0])
+    bad["input_ids"] = [*bad["input_ids"][:7], 5, *bad["input_ids"][8:]]
+    with pytest.raises(StudentError, match=r"record 'a': the chat template tokenizes the "
+                                           r"response differently .* response token 2"):
+        attach_topk(Dataset.from_list([bad]), topk, examples, tokenizer)
