@@ -27,7 +27,8 @@ def student_trainer_class() -> type:
     from student.kd_data import COLUMNS as KD_COLUMNS
 
     class StudentTrainer(SFTTrainer):
-        """``rationale_weight`` w: loss = w * mean NLL(answer) + (1 - w) * mean NLL(rationale)."""
+        """``rationale_weight`` w: loss = w * mean NLL(answer) + (1 - w) * mean NLL(rationale);
+        ``kd``: the top-k KD loss, its two terms logged as ``ce`` and ``kd_kl``."""
 
         def __init__(self, *args: Any, rationale_weight: float | None = None,
                      kd: KDConfig | None = None, **kwargs: Any):

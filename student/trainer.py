@@ -334,8 +334,10 @@ class StudentRun:
             "total_params": total,
             "trainable_share": trainable / total if total else math.nan,
             "adapter_size_mb": adapter_size_mb(out / ADAPTER),
-            # which kernel computed the loss's output projection (student/frozen_head.py)
-            "lm_head_loss": "frozen_head" if self.trainer.frozen_head_kernel else "trl_fused",
+            # which kernel computed the loss's output projection (student/frozen_head.py,
+            # student/kd.py)
+            "lm_head_loss": "topk_kd" if self.config.kd is not None else (
+                "frozen_head" if self.trainer.frozen_head_kernel else "trl_fused"),
             "finished_at": _now(),
             "completed": True,
         }

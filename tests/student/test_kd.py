@@ -281,6 +281,7 @@ def test_short_kd_run_lowers_the_kd_term_and_records_it(kd_data, tmp_path):
     assert kd["student_vocab_size"] == 49152 and kd["teacher"]["model"] == "tiny-teacher"
     assert kd["teacher_tokens"] == sum(t.num_tokens for t in read_topk(side).values())
     assert m["config"]["kd"] == {"weight": 0.5, "temperature": 1.0, "tail": "bucket"}
+    assert m["lm_head_loss"] == "topk_kd"
     history = json.loads((run / "loss_history.json").read_text())
     train_points = history["train"]
     (val,) = history["eval"]  # validation: the same mixed loss, on the held-out records
