@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from student.config import KDConfig
+from student.data import StudentError
 from student.frozen_head import CHUNK_TOKENS, plain_frozen_head
 
 
@@ -199,10 +200,10 @@ def use_kd_head(model: Any, settings: KDConfig) -> None:
     ``model`` is the transformers model (under PEFT: its base model, after the adapters
     were added); calls without ``kd_ids`` go to its forward unchanged. The call goes
     through the model's (DDP-wrapped) forward, so gradients synchronize as usual.
-    Raises ``ValueError`` where the head is trained or not a plain projection.
+    Raises ``StudentError`` where the head is trained or not a plain projection.
     """
     if not plain_frozen_head(model):
-        raise ValueError("kd: needs a frozen output head that is a plain projection (LoRA "
+        raise StudentError("kd: needs a frozen output head that is a plain projection (LoRA "
                          "without the head in lora.modules_to_save; no logit scaling or "
                          "softcapping)")
     previous = model.forward
