@@ -63,9 +63,9 @@ def sft_arguments(cfg: TrainConfig, out: Path, *, has_val: bool, precision: str,
     if cfg.curriculum != "none":
         kwargs["train_sampling_strategy"] = "sequential"  # keep the curriculum's order
     if kwargs.get("packing") and (cfg.curriculum != "none" or cfg.token_mask_ppl is not None
-                                  or cfg.rationale_weight is not None):
-        raise StudentError("sft.packing: cannot be combined with curriculum, token_mask_ppl "
-                           "or rationale_weight (they work per example)")
+                                  or cfg.rationale_weight is not None or cfg.kd is not None):
+        raise StudentError("sft.packing: cannot be combined with curriculum, token_mask_ppl, "
+                           "rationale_weight or kd (they work per example)")
     return _build(SFTConfig, kwargs, "sft")
 
 

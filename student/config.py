@@ -24,6 +24,7 @@ from teacher.core.models import DEFAULT_STUDENT
 SOURCES = ("ground_truth", "teacher")
 CURRICULA = ("none", "easy_to_hard")
 PRECISIONS = ("auto", "fp32", "bf16")
+KD_TAILS = ("bucket", "renormalize", "zero")
 
 
 def default_lora() -> dict[str, Any]:
@@ -91,6 +92,31 @@ class DataConfig:
 
 
 @dataclass
+class KDConfig:
+    """Offline logit distillation on the teacher's top-k (``student/kd.py``).
+
+    Per labelled token, loss = (1 - weight) * CE + weight * temperature^2 * KL(teacher
+    top-k || student), averaged over the labelled tokens (the KL is 0 where the teacher
+    gave no distribution: the chat template's end-of-turn tokens). The teacher's rows
+    come from the side files beside the data's shards (``teacher.core.topk``).
+    """
+
+    weight: float = 0.5
+    # Softens both distributions; != 1 only with tail "renormalize", the one form whose
+    # tempered teacher the top-k determines (the tail's tempered mass is unknown).
+    temperature: float = 1.0
+    # The mass outside the teacher's k tokens:
+    # - "bucket": one (k+1)-th class, teacher tail vs the student's mass off those ids
+    #   (TRL's server distillation loss_add_tail, DistillKit's symmetric_uniform): a
+    #   true KL, 0 only when the student matches the teacher on the ids and the rest;
+    # - "renormalize": both distributions renormalized over the k ids (TRL with
+    #   loss_add_tail=False): the shape of the top-k only;
+    # - "zero": the k terms only, the student normalized over the whole vocabulary
+    #   (DistillKit's default, missing_probability_handling=zero).
+    tail: Literal["bucket", "renormalize", "zero"] = "bucket"
+
+
+@dataclass
 class TrainConfig:
     """Everything ``student.train`` needs; ``to_dict(cfg)`` is the resolved config."""
 
@@ -109,6 +135,8 @@ class TrainConfig:
     # Distilling step-by-step: loss = w * answer + (1 - w) * rationale, the answer being
     # the response's last line (GSM8K's "#### N"). None: one plain token-mean loss.
     rationale_weight: float | None = None
+    # Offline logit KD on the teacher's top-k side files (data.source teacher); None: SFT.
+    kd: KDConfig | None = None
     merge: bool = False  # also save the merged full model in RUN_DIR/merged
     cache_dir: str | None = None  # STM / NLL caches (default: the run directory)
     lora: dict = field(default_factory=default_lora)
@@ -139,9 +167,31 @@ class TrainConfig:
             raise ConfigError(f"rationale_weight: must be in [0, 1], got {self.rationale_weight}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ConfigError("early_stopping_patience: must be >= 1 (or null to turn it off)")
+        if self.kd is not None:
+            self._validate_kd(self.kd)
         for key in ("output_dir", "resume_from_checkpoint"):
             if key in self.sft:
                 raise ConfigError(f"sft.{key}: set by the job (use --out / --resume)")
+
+    def _validate_kd(self, kd: KDConfig) -> None:
+        if not 0.0 <= kd.weight <= 1.0:
+            raise ConfigError(f"kd.weight: must be in [0, 1], got {kd.weight}")
+        if kd.tail not in KD_TAILS:
+            raise ConfigError(f"kd.tail: {kd.tail!r} is not one of {KD_TAILS}")
+        if not kd.temperature > 0:
+            raise ConfigError(f"kd.temperature: must be > 0, got {kd.temperature}")
+        if kd.temperature != 1.0 and kd.tail != "renormalize":
+            raise ConfigError(
+                f"kd.temperature: {kd.temperature} needs kd.tail 'renormalize': the side file "
+                "holds the teacher at temperature 1, and only over its top-k ids does that "
+                "determine the tempered teacher")
+        if self.data.source != "teacher" or self.data.field != "response":
+            raise ConfigError("kd: needs data.source 'teacher' and data.field 'response' "
+                              "(the side files hold the teacher's distributions over the "
+                              "records' chosen responses)")
+        if self.rationale_weight is not None:
+            raise ConfigError("kd: cannot be combined with rationale_weight (both define the "
+                              "per-token loss)")
 
 
 def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:

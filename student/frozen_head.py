@@ -90,24 +90,32 @@ def _sharded(weight: torch.Tensor) -> bool:
     return type(weight).__name__ == "DTensor" or weight.numel() == 0
 
 
-def applies_to(model: Any) -> bool:
-    """Whether ``model``'s head is frozen, plain (no logit transforms, no MoE router
-    loss) and off Triton."""
-    from transformers.utils import is_triton_available
-
+def plain_frozen_head(model: Any) -> bool:
+    """Whether ``model``'s head is frozen and plain: logits = hidden @ weight.T (no bias,
+    no logit transforms, no MoE router loss), on any device."""
     head = model.get_output_embeddings()
     if head is None or getattr(head, "bias", None) is not None:
         return False
     weight = getattr(head, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.requires_grad:
         return False  # full fine-tuning or a trained head: TRL's kernel has the weight gradient
-    if weight.device.type in ("cuda", "xpu") and is_triton_available():
-        return False  # TRL's Triton kernels
     text_config = model.config.get_text_config()
     if getattr(text_config, "output_router_logits", False):
         return False  # MoE: TRL adds the router's load-balancing loss
     return not any(getattr(text_config, name, None) not in (None, 1.0)
                    for name in _LOGIT_TRANSFORMS)
+
+
+def applies_to(model: Any) -> bool:
+    """Whether ``model``'s head is frozen, plain (no logit transforms, no MoE router
+    loss) and off Triton."""
+    from transformers.utils import is_triton_available
+
+    if not plain_frozen_head(model):
+        return False
+    weight = model.get_output_embeddings().weight
+    # TRL's Triton kernels
+    return not (weight.device.type in ("cuda", "xpu") and is_triton_available())
 
 
 def use_frozen_head(model: Any) -> bool:

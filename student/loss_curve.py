@@ -7,16 +7,21 @@ from pathlib import Path
 from typing import Any
 
 LossHistory = dict[str, list[dict[str, Any]]]
+KD_TERMS = ("ce", "kd_kl")  # the KD loss's logged terms (student.sft_trainer)
 
 
 def loss_history(log_history: Sequence[dict[str, Any]]) -> LossHistory:
-    """{"train": [{step, epoch, loss}], "eval": [...]} from ``trainer.state.log_history``."""
+    """{"train": [{step, epoch, loss}], "eval": [...]} from ``trainer.state.log_history``;
+    a KD run's points also hold their two terms, ``ce`` and ``kd_kl`` (per-token means)."""
     history: LossHistory = {"train": [], "eval": []}
     for entry in log_history:
-        for key, split in (("loss", "train"), ("eval_loss", "eval")):
-            if key in entry:
-                history[split].append({"step": entry.get("step"), "epoch": entry.get("epoch"),
-                                       "loss": entry[key]})
+        for prefix, split in (("", "train"), ("eval_", "eval")):
+            if f"{prefix}loss" in entry:
+                point = {"step": entry.get("step"), "epoch": entry.get("epoch"),
+                         "loss": entry[f"{prefix}loss"]}
+                point.update({term: entry[f"{prefix}{term}"] for term in KD_TERMS
+                              if f"{prefix}{term}" in entry})
+                history[split].append(point)
     return history
 
 

@@ -1,7 +1,8 @@
 """Per-token and per-example shaping of the tokenized training data.
 
-Answer masks (for ``rationale_weight``), Selective Token Masking (``token_mask_ppl``)
-and the curriculum order (``curriculum``) work on the dataset TRL has tokenized; the
+The teacher's top-k rows (``kd``, ``student.kd_data``), answer masks (for
+``rationale_weight``), Selective Token Masking (``token_mask_ppl``) and the curriculum
+order (``curriculum``) work on the dataset TRL has tokenized; the
 base-model scores STM and the curriculum need are computed once and cached
 (``SCORES_CACHE``, keyed by base model and token ids).
 """
@@ -17,6 +18,7 @@ from typing import Any
 from student import masking
 from student.config import TrainConfig
 from student.data import answer_start, easy_to_hard
+from student.kd_data import KDCollator, TeacherTopK, attach_topk
 from student.sft_trainer import AnswerMaskCollator
 from teacher.core.rundir import TrainExample
 
@@ -95,10 +97,16 @@ def base_model_scores(trainer: Any, dataset: Any, *, cache_dir: Path, revision: 
 
 
 def shape_trainer_data(trainer: Any, cfg: TrainConfig, *, train: Sequence[TrainExample],
-                       val: Sequence[TrainExample], cache_dir: Path,
-                       revision: str) -> dict[str, Any]:
+                       val: Sequence[TrainExample], cache_dir: Path, revision: str,
+                       topk: TeacherTopK | None = None) -> dict[str, Any]:
     """Shapes the trainer's datasets (and collator) as configured; returns the statistics."""
     tokenizer = trainer.processing_class
+    if topk is not None:
+        # First, while the labels still mark the whole completion (before STM masks some).
+        trainer.train_dataset = attach_topk(trainer.train_dataset, topk, train, tokenizer)
+        if trainer.eval_dataset is not None:
+            trainer.eval_dataset = attach_topk(trainer.eval_dataset, topk, val, tokenizer)
+        trainer.data_collator = KDCollator(trainer.data_collator, topk.k)
     scores = None
     if cfg.token_mask_ppl is not None or (
             cfg.curriculum == "easy_to_hard" and any(ex.nll is None for ex in train)):

@@ -19,6 +19,7 @@ prepares the same data; only the main process writes.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import sys
@@ -37,6 +38,12 @@ from student.data import (
     split_examples,
     take_subset,
     to_dataset,
+)
+from student.kd_data import (
+    TeacherTopK,
+    check_token_counts,
+    load_teacher_topk,
+    student_vocab_size,
 )
 from student.loss_curve import LossHistory, loss_history, plot_loss_curve
 from student.provenance import adapter_size_mb, git_commit, package_versions, peak_memory_mb
@@ -97,6 +104,12 @@ def _trainer_state(checkpoint: Path | None) -> dict[str, Any]:
     return json.loads((checkpoint / CHECKPOINT_STATE).read_text())
 
 
+def _tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
 @dataclass(frozen=True)
 class Session:
     """What this process's ``trainer.train()`` did (a resumed run: only its own part)."""
@@ -133,6 +146,16 @@ class StudentRun:
         train_pool, self.val = split_examples(examples, cfg.data.val_size, split_seed_of(cfg))
         self.train_examples = take_subset(train_pool, cfg.data.subset, cfg.data.subset_seed)
         self.data_fingerprint = fingerprint(self.train_examples, self.val)
+        self.topk: TeacherTopK | None = None
+        if cfg.kd is not None:  # the teacher's rows, checked before anything is written
+            self.vocab_size = student_vocab_size(self.base_path)
+            used = [*self.train_examples, *self.val]
+            self.topk = load_teacher_topk(cfg.data.path or "", [ex.id for ex in used],
+                                          self.vocab_size)
+            check_token_counts(self.topk, used, _tokenizer(self.base_path))
+            # Other teacher rows make another run (resume refuses them).
+            self.data_fingerprint = hashlib.sha256(
+                f"{self.data_fingerprint}:{self.topk.fingerprint()}".encode()).hexdigest()[:16]
         self.action = check_run_dir(self.out, self.resolved, self.data_fingerprint,
                                     resume=resume, overwrite=overwrite)
         return self.action
@@ -172,6 +195,7 @@ class StudentRun:
             "dataset_fingerprint": self.data_fingerprint,
             "num_train_examples": len(self.train_examples),
             "num_val_examples": len(self.val),
+            **({"kd": self._kd_manifest()} if self.topk is not None else {}),
             "seed": cfg.seed,
             "split_seed": split_seed_of(cfg),
             "sample_seed": cfg.data.sample_seed,
@@ -183,6 +207,17 @@ class StudentRun:
             "started_at": _now(),
             "completed": False,
         }
+
+    def _kd_manifest(self) -> dict[str, Any]:
+        """The KD settings and the teacher's rows the run trains on."""
+        kd, topk = self.config.kd, self.topk
+        assert kd is not None and topk is not None
+        return {"weight": kd.weight, "temperature": kd.temperature, "tail": kd.tail,
+                "k": topk.k, "side_files": topk.side_files,
+                "topk_fingerprint": topk.fingerprint(), "teacher_tokens": topk.tokens(),
+                "student_vocab_size": self.vocab_size,
+                # the data job's record of the teacher (job.json "top_k"), when it has one
+                "teacher": topk.teacher or None}
 
     def _start_run_dir(self) -> None:
         if self.state.is_main_process:
@@ -213,6 +248,7 @@ class StudentRun:
             peft_config=peft_config,
             callbacks=[*extra, *callbacks],
             rationale_weight=cfg.rationale_weight,
+            kd=cfg.kd,
         )
 
     def _shape_data(self) -> None:
@@ -220,7 +256,8 @@ class StudentRun:
         shaping = shape_trainer_data(
             self.trainer, cfg, train=self.train_examples, val=self.val,
             cache_dir=Path(cfg.cache_dir).expanduser() if cfg.cache_dir else self.out,
-            revision=self.manifest["base_model_revision"] or str(self.base_path))
+            revision=self.manifest["base_model_revision"] or str(self.base_path),
+            topk=self.topk)
         if shaping:
             self.manifest["shaping"] = shaping
             if "stm" in shaping and self.state.is_main_process:
@@ -297,8 +334,10 @@ class StudentRun:
             "total_params": total,
             "trainable_share": trainable / total if total else math.nan,
             "adapter_size_mb": adapter_size_mb(out / ADAPTER),
-            # which kernel computed the loss's output projection (student/frozen_head.py)
-            "lm_head_loss": "frozen_head" if self.trainer.frozen_head_kernel else "trl_fused",
+            # which kernel computed the loss's output projection (student/frozen_head.py,
+            # student/kd.py)
+            "lm_head_loss": "topk_kd" if self.config.kd is not None else (
+                "frozen_head" if self.trainer.frozen_head_kernel else "trl_fused"),
             "finished_at": _now(),
             "completed": True,
         }
