@@ -61,11 +61,11 @@ from student.data import StudentError, fingerprint
 from student.on_policy_config import OnPolicyConfig
 from student.provenance import adapter_size_mb, git_commit, package_versions, peak_memory_mb
 from student.rollout import (
-    InProcessSampler,
     Sample,
     Sampler,
     TeacherLink,
     check_same_tokenizer,
+    make_sampler,
     teacher_token_ids,
 )
 from teacher.core import models
@@ -422,7 +422,8 @@ class OnPolicyRun:
         self.trainer = on_policy_trainer_class()(
             model=model, args=self.args, train_dataset=dataset,
             data_collator=lambda rows: rows, processing_class=tokenizer,
-            callbacks=list(callbacks), sampler=InProcessSampler(model, tokenizer),
+            callbacks=list(callbacks),
+            sampler=make_sampler(cfg.sampling.sampler, model, tokenizer),
             teacher=teacher, sampling=cfg.sampling, counters=self.counters)
 
     def _start_manifest(self) -> dict[str, Any]:

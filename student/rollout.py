@@ -112,6 +112,13 @@ class InProcessSampler:
         return samples
 
 
+def make_sampler(name: str, model: Any, tokenizer: Any) -> Sampler:
+    """The sampler ``sampling.sampler`` names (student.on_policy_config.SAMPLERS)."""
+    if name == "in_process":
+        return InProcessSampler(model, tokenizer)
+    raise StudentError(f"sampling.sampler: no sampler {name!r}")
+
+
 # ---------------------------------------------------------------- the teacher
 
 

@@ -133,6 +133,35 @@ def test_loss_equals_a_reference_computation_on_fixed_samples(tiny_model, tiny_t
             assert grads[name].abs().max() > 0, name
 
 
+def test_a_student_that_is_its_teacher_has_nothing_to_learn(tiny_model, data_dir, tmp_path):
+    """Teacher = the student's own base model: at the first step (LoRA B = 0, the
+    student is its base) every sampled token's advantage is 0 -- the server's
+    log-probs equal the training forward's -- so the reverse KL and the gradient are 0
+    (to float rounding)."""
+    from transformers import TrainerCallback
+
+    from student.on_policy import train_on_policy
+
+    seen: list[dict] = []
+
+    class Logs(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs or {}))
+
+    cfg = load_on_policy_config(None, [f"model={tiny_model}", f"teacher.model=self={tiny_model}",
+                                       "teacher.engine=hf", f"data_dir={data_dir}",
+                                       "prompts.limit=2", "sampling.samples_per_prompt=3",
+                                       "sampling.max_new_tokens=5", "train.max_steps=1",
+                                       "lora.lora_dropout=0.0"])
+    run = train_on_policy(cfg, tmp_path / "self", callbacks=[Logs()])
+    m = manifest_of(run)
+    assert m["global_step"] == 1 and m["on_policy"]["samples"] == 2 * 3
+    (step,) = [e for e in seen if "reverse_kl" in e]
+    assert abs(step["reverse_kl"]) < 1e-5 and abs(step["loss"]) < 1e-5
+    assert step["grad_norm"] < 1e-5
+    assert step["teacher_scored_tokens"] == m["on_policy"]["teacher_scored_tokens"] > 0
+
+
 def test_teacher_token_ids_align_or_refuse():
     assert teacher_token_ids([5, 6], [5, 6], [5, 6]) == ([5, 6], False)
     # A non-canonical sample: trained on the canonical tokens both tokenizers agree on.
