@@ -197,13 +197,28 @@ class OnPolicyCounters:
     score_s: float = 0.0
     train_s: float = 0.0  # forward + backward (the loss and its gradient)
 
+    @staticmethod
+    def file_name(rank: int, world_size: int) -> str:
+        """Each process counts its own rollouts (as each keeps its own RNG state)."""
+        return STATE_FILE if world_size == 1 else STATE_FILE.replace(".json", f"_{rank}.json")
+
     @classmethod
-    def load(cls, checkpoint: Path | None) -> OnPolicyCounters:
-        if checkpoint is None or not (checkpoint / STATE_FILE).is_file():
+    def load(cls, checkpoint: Path | None, rank: int = 0, world_size: int = 1) -> OnPolicyCounters:
+        path = None if checkpoint is None else checkpoint / cls.file_name(rank, world_size)
+        if path is None or not path.is_file():
             return cls()
-        data = json.loads((checkpoint / STATE_FILE).read_text())
+        data = json.loads(path.read_text())
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def total(cls, per_process: Sequence[dict[str, Any]]) -> OnPolicyCounters:
+        """The run's counters: counts summed over the processes, seconds the slowest's."""
+        out = {}
+        for f in fields(cls):
+            values = [p[f.name] for p in per_process]
+            out[f.name] = max(values) if isinstance(values[0], float) else sum(values)
+        return cls(**out)
 
     def rounded(self) -> dict[str, Any]:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -311,9 +326,9 @@ def on_policy_trainer_class() -> type:
             # marks a checkpoint complete, so a complete checkpoint has the counters too.
             folder = Path(self._get_output_dir(trial=trial)) / (
                 f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            if self.args.should_save:
-                folder.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(folder / STATE_FILE, asdict(self.counters))
+            folder.mkdir(parents=True, exist_ok=True)
+            name = OnPolicyCounters.file_name(self.args.process_index, self.args.world_size)
+            write_json_atomic(folder / name, asdict(self.counters))
             super()._save_checkpoint(model, trial)
 
     return OnPolicyTrainer
@@ -417,7 +432,8 @@ class OnPolicyRun:
         model = AutoModelForCausalLM.from_pretrained(self.base_path, dtype=dtype)
         set_seed(cfg.seed)  # the LoRA initialisation
         model = get_peft_model(model, peft_config)
-        self.counters = OnPolicyCounters.load(self.resume_from)
+        self.counters = OnPolicyCounters.load(self.resume_from, self.state.process_index,
+                                              self.state.num_processes)
         dataset = Dataset.from_list([{"id": ex.id, "prompt": ex.prompt} for ex in self.prompts])
         self.trainer = on_policy_trainer_class()(
             model=model, args=self.args, train_dataset=dataset,
@@ -432,8 +448,10 @@ class OnPolicyRun:
             "base_model": cfg.model,
             "base_model_path": str(self.base_path),
             "base_model_revision": models.revision_of(self.base_path),
+            # The student trains on its own samples: train_examples.jsonl holds the
+            # prompts with the task's references for eval's trained-item measures.
             "data": {"kind": "on_policy", "task": cfg.prompts.task, "split": cfg.prompts.split,
-                     "field": "reference"},
+                     "field": "student_samples"},
             "config": self.resolved,
             "dataset_fingerprint": self.data_fingerprint,
             "num_train_examples": len(self.prompts),
@@ -473,10 +491,14 @@ class OnPolicyRun:
             resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     def save(self) -> None:
+        from accelerate.utils import gather_object
+
         from student.loss_curve import loss_history, plot_loss_curve
 
         cfg, out, trainer = self.config, self.out, self.trainer
         trainer.save_model(str(out / ADAPTER))
+        mine = [asdict(self.counters)]
+        c = OnPolicyCounters.total(gather_object(mine) if self.state.num_processes > 1 else mine)
         self.state.wait_for_everyone()
         if not self.state.is_main_process:
             return
@@ -488,7 +510,6 @@ class OnPolicyRun:
         plot_loss_curve({"train": history["reverse_kl"], "eval": []}, out / LOSS_CURVE,
                         f"{cfg.model} on-policy from {cfg.teacher.model} (reverse KL / token)")
         trainable, total = trainer.model.get_nb_trainable_parameters()
-        c = self.counters
         self.manifest.update({
             "on_policy": self._on_policy_section(c),
             "resumed_from": str(self.resume_from) if self.resume_from else None,

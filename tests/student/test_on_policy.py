@@ -258,3 +258,31 @@ def test_on_policy_help():
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     assert "--resume" in proc.stdout and "reverse KL" in proc.stdout
+
+
+def test_two_cpu_processes_count_every_rollout(tiny_model, tiny_teacher, data_dir, tmp_path):
+    """Under accelerate (DDP over gloo) each process samples its own prompts and keeps
+    its own counters beside its RNG state; the manifest sums them."""
+    import os
+
+    from tests.student.test_train import _free_port
+
+    run = tmp_path / "ddp"
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--config_file",
+           str(REPO / "configs/accelerate/cpu_2proc.yaml"), "--main_process_port",
+           str(_free_port()), "-m", "student.cli", "on-policy", "--out", str(run),
+           *job_args(tiny_model, tiny_teacher, data_dir, "train.max_steps=2",
+                     "train.save_steps=2", "train.per_device_train_batch_size=1")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    m = manifest_of(run)
+    assert m["completed"] and m["world_size"] == 2 and m["global_step"] == 2
+    # 2 steps x 2 processes x 1 prompt x 2 samples
+    assert m["on_policy"]["samples"] == 8
+    ranks = [json.loads((run / "checkpoints" / "checkpoint-2" / f"on_policy_state_{r}.json")
+                        .read_text()) for r in (0, 1)]
+    assert [r["samples"] for r in ranks] == [4, 4]
+    assert m["on_policy"]["teacher_scored_tokens"] == sum(r["teacher_scored_tokens"]
+                                                          for r in ranks)
