@@ -468,8 +468,12 @@ class OnPolicyRun:
             "completed": False,
         }
 
-    def _on_policy_section(self, counters: OnPolicyCounters) -> dict[str, Any]:
+    def _on_policy_section(self, counters: OnPolicyCounters, steps: int = 0) -> dict[str, Any]:
         s = self.config.sampling
+        # Seconds per optimizer step by phase: what an in-process and a server sampler
+        # (or two teachers) are compared on; the slowest process's, over all sessions.
+        per_step = {"sample": counters.sample_s, "score": counters.score_s,
+                    "train": counters.train_s}
         return {
             "teacher": self.teacher.describe(),
             "sampling": {"sampler": s.sampler, "samples_per_prompt": s.samples_per_prompt,
@@ -479,6 +483,7 @@ class OnPolicyRun:
             "estimator": ESTIMATOR,
             "loss": "reverse_kl_policy_gradient",
             **counters.rounded(),
+            "step_cost_s": {k: round(v / steps, 3) for k, v in per_step.items()} if steps else None,
         }
 
     def train(self) -> None:
@@ -511,7 +516,7 @@ class OnPolicyRun:
                         f"{cfg.model} on-policy from {cfg.teacher.model} (reverse KL / token)")
         trainable, total = trainer.model.get_nb_trainable_parameters()
         self.manifest.update({
-            "on_policy": self._on_policy_section(c),
+            "on_policy": self._on_policy_section(c, trainer.state.global_step),
             "resumed_from": str(self.resume_from) if self.resume_from else None,
             "global_step": trainer.state.global_step,
             "epochs": round(float(trainer.state.epoch or 0.0), 4),

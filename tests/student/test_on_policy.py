@@ -232,6 +232,8 @@ def test_killed_run_resumes_to_the_same_step_and_token_counts(tiny_model, tiny_t
     assert op["sampling"] == {"sampler": "in_process", "samples_per_prompt": 2,
                               "max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0}
     assert op["k"] == 0 and op["estimator"] == "sampled_token"
+    assert set(op["step_cost_s"]) == {"sample", "score", "train"}
+    assert all(v > 0 for v in op["step_cost_s"].values())
     assert op["student_sampled_tokens"] <= 16 * 6
     assert a["data"]["kind"] == "on_policy" and a["num_train_examples"] == 4
     assert len((killed / "train_examples.jsonl").read_text().splitlines()) == 4
