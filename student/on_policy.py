@@ -257,6 +257,8 @@ def on_policy_trainer_class() -> type:
             t1 = time.perf_counter()
             texts = [tok.decode(s.completion_ids, skip_special_tokens=False) for s in samples]
             kept = [i for i, t in enumerate(texts) if t]
+            if not kept:
+                raise StudentError("every sampled completion decoded to no text")
             results = self.teacher.score([(prompts[samples[i].prompt_index], texts[i])
                                           for i in kept])
             t2 = time.perf_counter()
@@ -283,8 +285,6 @@ def on_policy_trainer_class() -> type:
             m["finished_share"].append(sum(s.finished for s in samples) / len(samples))
             m["sample_s"].append(t1 - t0)
             m["score_s"].append(t2 - t1)
-            if not completions:
-                raise StudentError("every sampled completion decoded to no text")
             pad = tok.pad_token_id if tok.pad_token_id is not None else 0
             batch = build_batch(chosen, completions, teacher_lps, pad)
             c.student_trained_tokens += int(batch["attention_mask"].sum())
