@@ -162,6 +162,36 @@ def test_a_student_that_is_its_teacher_has_nothing_to_learn(tiny_model, data_dir
     assert step["teacher_scored_tokens"] == m["on_policy"]["teacher_scored_tokens"] > 0
 
 
+def test_a_teacher_with_another_vocabulary_is_refused(tiny_model, tmp_path):
+    """A tiny teacher with Qwen2.5's tokenizer (the default models' family) against the
+    smollm2-tokenized student: refused before any training, naming teacher.model."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from student.on_policy_config import TeacherConfig
+    from student.rollout import TeacherLink, check_same_tokenizer
+    from teacher.core import models
+
+    qwen = models.model_dir(models.DEFAULT_STUDENT)
+    if not models.is_prepared(qwen):
+        pytest.skip(f"{models.DEFAULT_STUDENT} is not in the model cache")
+    tokenizer = AutoTokenizer.from_pretrained(qwen)
+    torch.manual_seed(2)
+    other = tmp_path / "qwen-vocab-teacher"
+    LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    link = TeacherLink(TeacherConfig(model=f"qwen={other}", engine="hf"))
+    try:
+        with pytest.raises(StudentError, match=r"teacher\.model: 'qwen' tokenizes the prompt"):
+            check_same_tokenizer(link, AutoTokenizer.from_pretrained(tiny_model),
+                                 [{"role": "user", "content": "What is 2 + 3?"}])
+    finally:
+        link.close()
+
+
 def test_teacher_token_ids_align_or_refuse():
     assert teacher_token_ids([5, 6], [5, 6], [5, 6]) == ([5, 6], False)
     # A non-canonical sample: trained on the canonical tokens both tokenizers agree on.
