@@ -84,6 +84,13 @@ def check_adapter_fits(model: Any, adapter_dir: Path, base_name: str = "") -> No
         )
 
 
+def lora_rank(adapter_dir: Path) -> int:
+    """The largest LoRA rank of a peft adapter (its ``r`` and any ``rank_pattern``), what
+    an engine serving it at run time must allow (``EngineSettings.max_lora_rank``)."""
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    return max([int(config.get("r") or 0), *map(int, (config.get("rank_pattern") or {}).values())])
+
+
 def merge_adapter(base_path: Path, adapter_dir: Path, out_dir: Path) -> Path:
     """Base + LoRA adapter merged into a plain checkpoint in ``out_dir``."""
     import torch

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.cache import ResultCache
-from eval.loading import serve
+from eval.loading import MODEL_NAME, serve
 from eval.metrics import Measure, Metric, RunMetric, registered_metrics
 from eval.metrics.model import ModelFiles, ServedModel
 from eval.stats import (
@@ -265,6 +265,47 @@ async def precompute_shared(model: str, suite: Suite, run_dirs: Sequence[Path], 
             timings[metric.name] = round(timings.get(metric.name, 0.0)
                                          + time.perf_counter() - t0, 3)
     return timings
+
+
+async def precompute_served(model: str, suite: Suite, run_dirs: Sequence[Path], service: Any,
+                            *, data_dir: Path | None, cache: ResultCache) -> float:
+    """Fill ``cache`` with the final adapter's rows of every served metric of each run
+    of ``run_dirs``, all on ``service`` (a started service hosting the base model with
+    room for that many runtime LoRA adapters): one engine and no merged copy for all
+    runs, their requests batched together. :func:`run_eval` then finds them (and
+    starts a service only for what is left, e.g. checkpoints). Returns the wall
+    seconds it took."""
+    from teacher.core.models import resolve
+
+    base_path = Path(resolve(model))
+    fit_context(suite)
+    identity = model_identity(base_path, suite)
+    metrics = {m.name: m for m in suite_metrics(suite)}
+    served = [m for m in metrics.values()
+              if m.needs_model and not m.in_process and not m.base_only]
+    async def one(i: int, run_dir: Path) -> None:
+        run = RunDir(run_dir)
+        subject = _subjects(run, metrics, False)[0]  # the final adapter
+        todo = []
+        for metric in served:
+            data = metric.load(run, data_dir)
+            key = cache.key(identity, subject.adapter_hash, metric.name, metric.subset(data))
+            if cache.get(key) is None:
+                todo.append((metric, data, key))
+        if not todo:
+            return
+        name = f"run{i}-{subject.adapter_hash[:12]}"
+        await service.load_adapter(MODEL_NAME, name, str(subject.adapter_dir))
+        try:
+            for metric, data, key in todo:
+                rows = await metric.compute(ServedModel(service, name), data, data_dir=data_dir)
+                cache.put(key, rows)
+        finally:
+            await service.unload_adapter(name)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i, Path(d)) for i, d in enumerate(run_dirs)))
+    return round(time.perf_counter() - t0, 3)
 
 
 async def run_eval(

@@ -4,6 +4,7 @@ of its work against ``--out`` first and runs only what is not current."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import time
@@ -92,8 +93,14 @@ def stage_train(plan_: Plan, out: Path, view: LiveView) -> None:
 
 async def stage_eval(plan_: Plan, out: Path, view: LiveView, progress: bool) -> list[Path]:
     from eval.cache import ResultCache
-    from eval.loading import serve
-    from eval.runner import RESULTS, fit_context, precompute_shared, run_eval
+    from eval.loading import lora_rank, serve
+    from eval.runner import (
+        RESULTS,
+        fit_context,
+        precompute_served,
+        precompute_shared,
+        run_eval,
+    )
     from eval.suite import load_suite
     from teacher.core.rundir import RunDir
 
@@ -111,17 +118,30 @@ async def stage_eval(plan_: Plan, out: Path, view: LiveView, progress: bool) -> 
             view.cached(unit, "results of this adapter and suite")
         else:
             pending.append((run, run_dir, results_dir, unit))
-    if len(pending) > 1:  # every arm's base-model items from one base engine
+    if len(pending) > 1:
+        # One engine for every run: the base model's items, then each run's adapter
+        # loaded at run time (no merged copy, no start-up per run), all runs' requests
+        # batched together.
         from teacher.core.models import resolve
 
         suite = fit_context(load_suite(c.eval.suite, c.eval.overrides))
+        dirs = [RunDir(run_dir).adapter_dir() for _, run_dir, _, _ in pending]
+        engine = dataclasses.replace(suite.engine, max_adapters=len(pending),
+                                     max_lora_rank=max(lora_rank(d) for d in dirs))
         view.say(f"  eval ▸ base model items of {len(pending)} runs")
-        async with serve(Path(resolve(c.student)), None, suite.engine) as base_service:
+        async with serve(Path(resolve(c.student)), None, engine) as service:
             for _, run_dir, results_dir, _ in pending:
                 await run_eval(c.student, fit_context(load_suite(c.eval.suite, c.eval.overrides)),
                                results_dir, adapter=run_dir, data_dir=plan_.data_dir,
-                               cache=cache, progress=progress, base_service=base_service,
+                               cache=cache, progress=progress, base_service=service,
                                base_only=True)
+            seconds = await precompute_served(
+                c.student, load_suite(c.eval.suite, c.eval.overrides),
+                [run_dir for _, run_dir, _, _ in pending], service,
+                data_dir=plan_.data_dir, cache=cache)
+        view.say(f"  eval ▸ served metrics of {len(pending)} adapters on one engine: "
+                 f"{seconds:.0f} s")
+    if len(pending) > 1:
         # In-process metrics of every run's adapter from one load of the base model.
         shared = await precompute_shared(
             c.student, load_suite(c.eval.suite, c.eval.overrides),

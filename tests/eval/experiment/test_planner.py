@@ -12,7 +12,6 @@ from tests.conftest import REPO_ROOT
 
 SMOKE = REPO_ROOT / "configs" / "experiments" / "smoke.yaml"
 DEMO = REPO_ROOT / "configs" / "experiments" / "demo.yaml"
-DEMO_SEEDS = REPO_ROOT / "configs" / "experiments" / "demo-seeds.yaml"
 STANDARD = REPO_ROOT / "configs" / "experiments" / "standard.yaml"
 
 
@@ -64,27 +63,22 @@ def test_bad_config_is_named(tmp_path, overrides, message):
 
 
 def test_shipped_configs_plan(tmp_path, data_dir):
-    for path in (SMOKE, DEMO, DEMO_SEEDS, STANDARD):
+    for path in (SMOKE, DEMO, STANDARD):
         first = path.read_text().splitlines()[0]
         assert first.startswith("# distill-eval experiment --config configs/experiments/")
         config = load_experiment(path, [f"data_dir={data_dir}"])
         p = plan(config, tmp_path)
         assert p.runs
     demo = plan(load_experiment(DEMO, [f"data_dir={data_dir}"]), tmp_path)
-    assert sorted(demo.arms) == ["best_of_n", "ground_truth", "rewrite", "trace"]
     assert demo.config.student == "qwen2.5-coder-0.5b-instruct"
     assert demo.config.teacher.models["teacher"] == "qwen2.5-coder-1.5b-instruct"
     assert demo.config.eval.suite == "quick"
-    # demo.yaml names the design keys at the values that keep it as it was run
-    assert all((r.train.data.sample_seed, r.train.data.ids_file, r.train.data.split_seed)
-               == (None, None, None) for r in demo.runs)
-    assert not any("fallback" in j.settings for j in demo.data_jobs.values())
 
 
-def test_proposed_seeds_demo_plans_arm_by_seed_on_the_same_questions(tmp_path, data_dir):
-    p = plan(load_experiment(DEMO_SEEDS, [f"data_dir={data_dir}"]), tmp_path)
-    assert sorted(p.arms) == ["best_of_n", "ground_truth", "ground_truth_stm", "trace"]
-    assert len(p.runs) == 4 * 3 and {r.seed for r in p.runs} == {42, 43, 44}
+def test_demo_plans_arm_by_seed_on_the_same_questions(tmp_path, data_dir):
+    p = plan(load_experiment(DEMO, [f"data_dir={data_dir}"]), tmp_path)
+    assert sorted(p.arms) == ["ground_truth", "ground_truth_stm", "trace"]
+    assert len(p.runs) == 3 * 3 and {r.seed for r in p.runs} == {42, 43, 44}
     assert {r.train.data.ids_file for r in p.runs} == {str(questions_file(tmp_path))}
     assert {r.train.data.sample_seed for r in p.runs} == {0}
     assert {r.train.data.split_seed or r.seed for r in p.runs} == {42}
